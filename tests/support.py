@@ -1,0 +1,26 @@
+"""Helpers shared by the test modules (import as ``from support import ...``)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+__all__ = ["require_tool"]
+
+
+def require_tool(name: str) -> str:
+    """Path of the executable ``name``; skip the test if it is missing.
+
+    Under ``IVHW_REQUIRE_TOOLS=1`` (set by ``make test`` and so by CI, which
+    installs every tool) a missing tool fails the test instead: nothing may be
+    skipped there.
+    """
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (run `make setup`)"
+        if os.environ.get("IVHW_REQUIRE_TOOLS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
