@@ -19,9 +19,13 @@ def main(argv: list[str] | None = None) -> int:
     names = _modules()
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller sweeps, for a smoke run")
-    parser.add_argument("names", nargs="*", choices=[[], *names], metavar="NAME",
-                        help=f"benchmarks to run (default all: {', '.join(names)})")
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"benchmarks to run (default all: {', '.join(names)})"
+    )
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.names) - set(names))
+    if unknown:
+        parser.error(f"no benchmark named {', '.join(unknown)}; choose from {', '.join(names)}")
     status = 0
     for name in args.names or names:
         print(f"=== bench.{name}", flush=True)
