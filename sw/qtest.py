@@ -386,6 +386,15 @@ class QemuIvshmem:
             status = f" (QEMU exited with status {self._proc.returncode})"
         return f"{message}{status}" + (f"\nQEMU stderr:\n{err}" if err else "")
 
+    def _lost(self, line: str, error: OSError | None) -> QtestError:
+        # QEMU dropping the socket means it is exiting: give it a moment so that
+        # its exit status and last words make it into the error.
+        if self._proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=2)
+        reason = "closed the qtest socket" if error is None else f"lost the qtest socket ({error})"
+        return QtestError(self._with_stderr(f"QEMU {reason} on {line!r}"))
+
     def _check_alive(self, doing: str) -> None:
         if self._proc is None:
             raise QtestError("QEMU is not running")
@@ -407,6 +416,8 @@ class QemuIvshmem:
                 continue
             except BlockingIOError:
                 pass
+            except OSError as error:
+                raise self._lost(line, error) from None
             if time.monotonic() > deadline:
                 raise QtestTimeout(self._with_stderr(f"QEMU did not accept {line!r}"))
             select.select([], [self._sock], [], 0.05)
@@ -435,8 +446,10 @@ class QemuIvshmem:
                 chunk = self._sock.recv(65536)
             except BlockingIOError:
                 continue
+            except OSError as error:
+                raise self._lost(line, error) from None
             if not chunk:
-                raise QtestError(self._with_stderr(f"QEMU closed the qtest socket on {line!r}"))
+                raise self._lost(line, None)
             self._buffer += chunk
         text, _, self._buffer = self._buffer.partition(b"\n")
         return text.decode(errors="replace").strip()
