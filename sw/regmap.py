@@ -14,6 +14,9 @@ from dataclasses import dataclass
 __all__ = [
     "DOORBELL",
     "FLAT_REGS",
+    "MAX_VECTORS",
+    "MSIX_BAR",
+    "MSIX_ENTRY",
     "PCI_REV1_REGS",
     "Access",
     "BitField",
@@ -159,3 +162,43 @@ FLAT_REGS = RegisterMap("ivshmem-flat", 16, [
     Register("DOORBELL", 0x0C, Access.W, 0x00000000,
              "bits 31:16 peer, 15:0 vector; unknown peer or vector ignored and counted; reads 0"),
 ])  # fmt: skip
+
+#: Most vectors a peer has (QEMU's ivshmem-server ``-n`` limit, ivshmem-flat's array).
+MAX_VECTORS = 64
+
+#: One 16-byte MSI-X table entry (PCI Local Bus 3.0 sec. 6.8.2). Reset: address and
+#: data 0, the vector masked. QEMU stores all 32 bits of Vector Control; here only the
+#: mask bit exists and bits 31:1 read 0, as the PCI specification reserves them.
+MSIX_ENTRY = RegisterMap("msix-table-entry", 16, [
+    Register("MsgAddrLo", 0x0, Access.RW, 0x00000000, "message address bits 31:0"),
+    Register("MsgAddrHi", 0x4, Access.RW, 0x00000000, "message address bits 63:32"),
+    Register("MsgData", 0x8, Access.RW, 0x00000000, "message data"),
+    Register("VectorCtrl", 0xC, Access.RW, 0x00000001, "bit 0: vector masked; 31:1 read 0"),
+])  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _MsixBar:
+    """Layout of the MSI-X BAR (QEMU ``msix_init_exclusive_bar`` for <= 128 vectors)."""
+
+    #: the BAR's size in bytes
+    size: int = 0x1000
+    #: byte offset of entry 0 of the table (BIR offset field in the capability)
+    table: int = 0x000
+    #: byte offset of the Pending Bit Array: one bit per vector, in 64-bit words
+    pba: int = 0x800
+    #: the entry's mask bit in VectorCtrl
+    mask = BitField("mask", 0, 1)
+
+    def entry(self, vector: int) -> int:
+        """Byte offset of ``vector``'s table entry."""
+        return self.table + vector * MSIX_ENTRY.size
+
+    def pba_size(self, vectors: int) -> int:
+        """Bytes of PBA that back ``vectors`` vectors (whole 64-bit words)."""
+        return (vectors + 63) // 64 * 8
+
+
+#: MSI-X table and PBA layout of BAR1 (doorbell variant). Outside the ``vectors``
+#: table entries and the PBA words: reads 0, writes ignored.
+MSIX_BAR = _MsixBar()

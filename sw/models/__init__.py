@@ -1,0 +1,16 @@
+"""Register-accurate models of the ivshmem devices: the oracle the HDL is checked against.
+
+* :class:`IvshmemFlat` -- ivshmem-flat (sysbus, 16-byte registers, one IRQ);
+* :class:`IvshmemPci` -- ivshmem PCI revision 1 (``ivshmem-doorbell`` with MSI-X or
+  legacy INTx, ``ivshmem-plain``).
+
+Every offset, access type and reset value comes from ``ivhw.sw.regmap`` (register
+windows, MSI-X table) and ``ivhw.sw.pcicfg`` (config space).
+"""
+
+from __future__ import annotations
+
+from .common import Counters, PeerTable, SharedMemory
+from .flat import IvshmemFlat
+
+__all__ = ["Counters", "IvshmemFlat", "PeerTable", "SharedMemory"]

@@ -1,0 +1,189 @@
+"""Register-accurate model of QEMU's ivshmem-flat (``hw/misc/ivshmem-flat.c``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..regmap import FLAT_REGS, MAX_VECTORS, Access
+from . import _mmio
+from .common import Counters, DoorbellCallback, PeerTable, SharedMemory
+
+__all__ = ["DEFAULT_SHM_SIZE", "IvshmemFlat"]
+
+#: QEMU's ``shmem-size`` default: the server's memory must be exactly this big
+DEFAULT_SHM_SIZE = 4 << 20
+
+# ivshmem-flat decodes the whole 16-bit vector field of a doorbell word
+_VECTOR_BITS = 16
+
+
+class IvshmemFlat:
+    """ivshmem-flat: a sysbus ivshmem with a 16-byte register window and one IRQ.
+
+    Register window (region 0, offsets and access from ``regmap.FLAT_REGS``)::
+
+        31                              16 15                               0
+        +----------------------------------+----------------------------------+
+        |              INTMASK: reserved, reads 0, writes ignored             |  0x00
+        +---------------------------------------------------------------------+
+        |             INTSTATUS: reserved, reads 0, writes ignored            |  0x04
+        +---------------------------------------------------------------------+
+        |                     IVPOSITION (R): own peer ID                     |  0x08
+        +----------------------------------+----------------------------------+
+        |        DOORBELL (W): peer        |             vector               |  0x0C
+        +----------------------------------+----------------------------------+
+
+    Region 1 is the shared memory. Every inbound event, on any own vector,
+    pulses the IRQ once (vectors are merged; a coalesced eventfd counter is
+    one event, as QEMU reads the counter and pulses once). A doorbell to an
+    unknown peer or to a vector that peer lacks is ignored and counted
+    (upstream does not bounds-check the vector; this model and the HDL do).
+
+    Access sizes (QEMU ``.impl`` 4..4, no ``.valid``; see ``_mmio``): an
+    access of 1, 2, 4 or 8 bytes aligned to its size is valid, anything else
+    reads 0 / is dropped and counts ``bad_access``. A 1- or 2-byte read returns
+    the low bytes of the register at that exact offset (0 off a register
+    boundary); a 1- or 2-byte write reaches a register only at its exact
+    offset, zero-extended (a byte write of ``v`` to 0Ch rings peer 0, vector
+    ``v``); 8 bytes are two dword accesses, low first.
+
+    Parameters
+    ----------
+    vectors : int
+        Own vector count, 1..64 (the server's ``-n``).
+    shm : buffer or None
+        The shared memory (e.g. the peer's ``mmap``); ``None`` allocates private memory.
+    shm_size : int or None
+        Window size, a power of two; default ``len(shm)``, or 4 MiB without ``shm``.
+    on_irq : callable or None
+        ``on_irq()``, called once per IRQ pulse.
+    on_doorbell : callable or None
+        ``on_doorbell(peer, vector)``, called for every valid doorbell write.
+
+    Attributes
+    ----------
+    counters : Counters
+        ``events``, ``irq_pulses``, ``rings``, ``bad_peer``, ``bad_vector``, ``bad_access``.
+    shm : SharedMemory
+        The shared-memory window (``shm.view`` is the buffer).
+
+    Raises
+    ------
+    ValueError
+        Bad vector count or shared-memory size.
+    """
+
+    def __init__(
+        self,
+        *,
+        vectors: int = 1,
+        shm: object | None = None,
+        shm_size: int | None = None,
+        on_irq: Callable[[], None] | None = None,
+        on_doorbell: DoorbellCallback | None = None,
+    ) -> None:
+        if not isinstance(vectors, int) or not 1 <= vectors <= MAX_VECTORS:
+            raise ValueError(f"vectors must be 1..{MAX_VECTORS}, not {vectors!r}")
+        self._table = PeerTable(vectors)
+        self.shm = SharedMemory(shm, shm_size, DEFAULT_SHM_SIZE)
+        self.on_irq = on_irq
+        self.on_doorbell = on_doorbell
+        self.counters = Counters()
+
+    # -- peers ------------------------------------------------------------------------------
+
+    @property
+    def vectors(self) -> int:
+        """Own vector count."""
+        return self._table.vectors
+
+    @property
+    def id(self) -> int | None:
+        """Own peer ID, ``None`` until :meth:`set_id`."""
+        return self._table.id
+
+    @property
+    def peers(self) -> dict[int, int]:
+        """Known peers: ID -> vector count (the own ID included once set)."""
+        return self._table.peers
+
+    def set_id(self, peer: int) -> None:
+        """Take the own peer ID the server assigned."""
+        self._table.set_id(peer)
+
+    def set_peer(self, peer: int, vectors: int) -> None:
+        """Know ``peer`` with ``vectors`` vectors (0 forgets it)."""
+        self._table.set_peer(peer, vectors)
+
+    def remove_peer(self, peer: int) -> None:
+        """Forget ``peer`` (it disconnected)."""
+        self._table.remove_peer(peer)
+
+    # -- inbound ----------------------------------------------------------------------------
+
+    def event(self, vector: int) -> None:
+        """An own eventfd ``vector`` became readable: pulse the IRQ once."""
+        if not isinstance(vector, int) or not 0 <= vector < self.vectors:
+            raise ValueError(f"vector must be 0..{self.vectors - 1}, not {vector!r}")
+        self.counters.events += 1
+        self.counters.irq_pulses += 1
+        if self.on_irq is not None:
+            self.on_irq()
+
+    # -- register window --------------------------------------------------------------------
+
+    def _read32(self, offset: int) -> int:
+        reg = FLAT_REGS.at(offset) if offset % 4 == 0 else None
+        if reg is FLAT_REGS.IVPOSITION:
+            return FLAT_REGS.IVPOSITION.reset if self.id is None else self.id
+        # INTMASK/INTSTATUS reserved, DOORBELL write-only, the rest unmapped
+        return 0
+
+    def _write32(self, offset: int, data: int) -> None:
+        reg = FLAT_REGS.at(offset) if offset % 4 == 0 else None
+        if reg is None or reg.access is not Access.W:
+            return
+        hit = self._table.decode(data, _VECTOR_BITS, self.counters)
+        if hit is not None and self.on_doorbell is not None:
+            self.on_doorbell(*hit)
+
+    def read(self, offset: int, size: int = 4) -> int:
+        """Read ``size`` (1, 2, 4, 8) bytes of the register window at ``offset``."""
+        value = _mmio.dispatch_read(self._read32, offset, size, FLAT_REGS.size)
+        if value is None:
+            self.counters.bad_access += 1
+            return 0
+        return value
+
+    def write(self, offset: int, data: int, size: int = 4) -> None:
+        """Write ``size`` (1, 2, 4, 8) bytes of the register window at ``offset``."""
+        if not _mmio.dispatch_write(self._write32, offset, data, size, FLAT_REGS.size):
+            self.counters.bad_access += 1
+
+    def read_register(self, offset: int) -> int:
+        """Read the whole dword at ``offset`` (a multiple of 4)."""
+        if offset % 4:
+            raise ValueError(f"register offset must be a multiple of 4, not {offset:#x}")
+        return self.read(offset, 4)
+
+    def write_register(self, offset: int, data: int, mask: int = 0xF) -> None:
+        """Write dword ``offset`` with byte enables ``mask`` (bit n = byte n of ``data``)."""
+        if offset % 4:
+            raise ValueError(f"register offset must be a multiple of 4, not {offset:#x}")
+        access = _mmio.access_of_mask(mask)
+        if access is None:
+            if mask:
+                self.counters.bad_access += 1
+            return
+        lane, size = access
+        self.write(offset + lane, (data >> (8 * lane)) & ((1 << (8 * size)) - 1), size)
+
+    # -- shared memory ----------------------------------------------------------------------
+
+    def shm_read(self, offset: int, size: int = 4) -> int:
+        """Read ``size`` bytes of shared memory at ``offset`` (little-endian)."""
+        return self.shm.read(offset, size)
+
+    def shm_write(self, offset: int, data: int, size: int = 4) -> None:
+        """Write ``size`` bytes of shared memory at ``offset`` (little-endian)."""
+        self.shm.write(offset, data, size)
