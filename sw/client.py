@@ -1,0 +1,259 @@
+"""``ivshmem-client``: a drop-in for QEMU's ``contrib/ivshmem-client``, built on :mod:`.peer`.
+
+Connects to an ivshmem server, prints every doorbell and every peer joining or
+leaving as it happens, and reads commands from stdin::
+
+    dump                  own ID and vectors, every known peer and its vectors
+    int <peer> <vector>   ring one vector of a peer (own ID rings yourself)
+    int <peer> all        ring every vector of a peer
+    int all               ring every vector of every other peer
+    help                  this list
+
+Commands are separated by newlines or ``;``. Unlike QEMU's client it also works
+with commands piped in and exits with status 0 at the end of input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import selectors
+import sys
+from typing import NoReturn, TextIO
+
+from .peer import Doorbell, Peer, PeerJoined, PeerLeft, PeerVector, ProtocolError, ServerGone
+from .protocol import DEFAULT_SOCKET_PATH
+
+__all__ = ["Client", "main"]
+
+HELP = """\
+dump: dump peers (including us)
+int <peer> <vector>: notify one vector on a peer
+int <peer> all: notify all vectors of a peer
+int all: notify all vectors of all peers (excepting us)
+help: this help"""
+
+_SEPARATORS = str.maketrans({"\r": "\n", ";": "\n"})
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see -h)\n")
+
+
+class Client:
+    """The command interpreter and event printer around one :class:`Peer`.
+
+    Parameters
+    ----------
+    peer : Peer
+        A connected peer.
+    verbose : bool
+        Also print every vector received and the raw eventfd counters.
+    out, err : TextIO
+        Where output and one-line errors go.
+    """
+
+    def __init__(
+        self,
+        peer: Peer,
+        *,
+        verbose: bool = False,
+        out: TextIO = sys.stdout,
+        err: TextIO = sys.stderr,
+    ) -> None:
+        self.peer = peer
+        self.verbose = verbose
+        self._out = out
+        self._err = err
+
+    def say(self, line: str) -> None:
+        """Print one line of output at once (events must show up as they happen)."""
+        print(line, file=self._out, flush=True)
+
+    def error(self, line: str) -> None:
+        """Print a one-line error."""
+        print(f"error: {line}", file=self._err, flush=True)
+
+    def show(self, events: list) -> None:
+        """Print events as QEMU's client does."""
+        for event in events:
+            if isinstance(event, Doorbell):
+                if self.verbose:
+                    fd = self.peer.eventfds(self.peer.id)[event.vector]
+                    self.say(f"received event on fd {fd} vector {event.vector}: {event.count}")
+                times = f" (x{event.count})" if event.count > 1 else ""
+                self.say(
+                    f"receive notification from peer_id={self.peer.id} vector={event.vector}{times}"
+                )
+            elif isinstance(event, PeerJoined):
+                self.say(f"new peer id = {event.peer}")
+            elif isinstance(event, PeerVector):
+                if self.verbose:
+                    fd = self.peer.eventfds(event.peer)[event.vector]
+                    self.say(f"  new vector {event.vector} (fd={fd}) for peer id {event.peer}")
+            elif isinstance(event, PeerLeft):
+                self.say(f"delete peer id = {event.peer}")
+
+    def dump(self) -> None:
+        """Print own ID and vectors, then every known peer and its vectors."""
+        self.say(f"our_id = {self.peer.id}")
+        self._dump_vectors(self.peer.id)
+        for other in sorted(self.peer.peers):
+            self.say(f"peer_id = {other}")
+            self._dump_vectors(other)
+
+    def _dump_vectors(self, peer: int) -> None:
+        for vector, fd in enumerate(self.peer.eventfds(peer)):
+            self.say(f"  vector {vector} is enabled (fd={fd})")
+
+    def _ring(self, peer: int, vector: int) -> None:
+        if self.verbose:
+            self.say(f"notify peer {peer} on vector {vector}")
+        self.peer.ring(peer, vector)
+
+    def _ring_all(self, peer: int) -> None:
+        for vector in range(len(self.peer.eventfds(peer))):
+            self._ring(peer, vector)
+
+    def command(self, line: str) -> bool:
+        """Run one command line; False when the client should quit."""
+        words = line.split()
+        if not words:
+            return True
+        try:
+            return self._command(words)
+        except (KeyError, ValueError) as exc:
+            self.error(str(exc.args[0]) if exc.args else repr(exc))
+        except OSError as exc:
+            self.error(f"cannot ring: {exc.strerror or exc}")
+        return True
+
+    def _command(self, words: list[str]) -> bool:
+        name, args = words[0], words[1:]
+        if name in ("help", "?") and not args:
+            self.say(HELP)
+        elif name == "dump" and not args:
+            self.dump()
+        elif name in ("quit", "exit") and not args:
+            return False
+        elif name == "int" and args == ["all"]:
+            for other in sorted(self.peer.peers):
+                self._ring_all(other)
+        elif name == "int" and len(args) == 2:
+            peer = _number(args[0], "peer")
+            if peer != self.peer.id and peer not in self.peer.peers:
+                raise KeyError(f"cannot find peer_id = {peer}")
+            if args[1] == "all":
+                self._ring_all(peer)
+            else:
+                self._ring(peer, _number(args[1], "vector"))
+        else:
+            self.error(f"invalid command {' '.join(words)!r}, type help")
+        return True
+
+
+def _number(word: str, what: str) -> int:
+    try:
+        return int(word, 10)
+    except ValueError:
+        raise ValueError(f"{what} must be a number or 'all', not {word!r}") from None
+
+
+def _run(client: Client, interactive: bool) -> int:
+    peer = client.peer
+    selector = selectors.PollSelector()  # poll, unlike epoll, also takes a regular file as stdin
+    selector.register(peer.fileno(), selectors.EVENT_READ, "peer")
+    try:
+        selector.register(0, selectors.EVENT_READ, "stdin")
+    except (OSError, ValueError):  # no stdin at all: the end of input is now
+        client.show(peer.poll())
+        return 0
+    pending = ""
+    try:
+        while True:
+            if interactive:
+                print("cmd> ", end="", file=client._out, flush=True)
+            for key, _ in selector.select():
+                if key.data == "peer":
+                    try:
+                        events = peer.poll()
+                    except ServerGone as exc:
+                        client.show(peer.poll())
+                        print(f"ivshmem-client: {exc}", file=sys.stderr, flush=True)
+                        return 1
+                    except ProtocolError as exc:
+                        client.error(str(exc))
+                        events = []
+                    if interactive and events:
+                        print(file=client._out)
+                    client.show(events)
+                    continue
+                try:
+                    data = os.read(0, 4096)
+                except OSError:  # a terminal hung up: the end of input too
+                    data = b""
+                pending += data.decode(errors="replace").translate(_SEPARATORS)
+                *lines, pending = pending.split("\n")
+                if not data:
+                    lines.append(pending)
+                for line in lines:
+                    if not client.command(line):
+                        return 0
+                if not data:
+                    # whatever arrived meanwhile is still shown before quitting
+                    try:
+                        client.show(peer.poll())
+                    except ProtocolError:
+                        pass
+                    return 0
+    finally:
+        selector.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``ivshmem-client``; returns the exit status."""
+    parser = _Parser(
+        prog="ivshmem-client",
+        add_help=False,
+        description="Connect to an ivshmem server and ring peers; commands on stdin (type help).",
+    )
+    parser.add_argument("-h", action="help", help="show this help and exit")
+    parser.add_argument("-v", action="store_true", help="verbose mode")
+    parser.add_argument(
+        "-S",
+        metavar="PATH",
+        default=DEFAULT_SOCKET_PATH,
+        help=f"path of the server's UNIX socket (default {DEFAULT_SOCKET_PATH})",
+    )
+    args = parser.parse_args(argv)
+    try:
+        peer = Peer(args.S)
+    except (OSError, ProtocolError, TimeoutError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        print(f"ivshmem-client: cannot connect to {args.S}: {reason}", file=sys.stderr)
+        return 1
+    interactive = os.isatty(0)
+    client = Client(peer, verbose=args.v)
+    try:
+        with peer:
+            if interactive:
+                client.say(HELP)
+            client.say(
+                f"connected to {args.S} as peer {peer.id} "
+                f"({peer.vectors} vectors, {peer.shm_size} bytes of shared memory)"
+            )
+            if args.v:
+                client.dump()
+            return _run(client, interactive)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # the reader of our output went away: nothing left to tell anyone, and the
+        # interpreter's final flush must not fail on the broken pipe either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
