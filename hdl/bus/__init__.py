@@ -1,0 +1,122 @@
+"""The devices' internal register bus and its front-ends (AXI4-Lite, Wishbone).
+
+Every ivshmem device exposes one :class:`BusSignature` port; a front-end
+(:mod:`ivhw.hdl.bus.axil`, :mod:`ivhw.hdl.bus.wishbone`) adapts a standard bus
+to it. The internal bus is a byte-addressed, single-outstanding
+request/acknowledge bus in the style of Wishbone classic:
+
+- the master raises ``stb`` with ``addr``, ``we``, ``w_data`` and ``sel`` and
+  holds them until the cycle in which the slave raises ``ack``;
+- ``ack`` lasts one cycle and comes at the earliest one cycle after ``stb``
+  (the slave registers it), so the master may present the next request in the
+  cycle after ``ack``;
+- with ``ack`` come ``r_data`` (reads) and ``resp`` (every access), a
+  :class:`Response` in AXI's vocabulary so that AXI4-Lite can pass it through
+  and Wishbone can fold the errors into ``err``.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, unsigned
+from amaranth.lib import enum, wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["BusSignature", "Response", "forward_ports", "front_end_members"]
+
+
+class Response(enum.Enum, shape=unsigned(2)):
+    """How an access ended (the values of AXI's ``BRESP``/``RRESP``)."""
+
+    #: done as asked
+    OKAY = 0
+    #: the slave exists but refuses the access (an unaligned address)
+    SLVERR = 2
+    #: no slave at this address
+    DECERR = 3
+
+
+class BusSignature(wiring.Signature):
+    """Internal register bus, master side (use ``In(BusSignature(n))`` on a device).
+
+    Parameters
+    ----------
+    addr_width : int
+        Width of the byte address.
+
+    Members
+    -------
+    stb : ``Out(1)``
+        A request is presented; held with the fields below until ``ack``.
+    addr : ``Out(addr_width)``
+        Byte address; bits 1:0 not zero make the access unaligned.
+    we : ``Out(1)``
+        Write (1) or read (0).
+    w_data : ``Out(32)``
+        Write data, little-endian byte lanes.
+    sel : ``Out(4)``
+        Byte enables (bit i = byte lane i). Reads always return the whole word.
+    ack : ``In(1)``
+        The request is done (one cycle).
+    resp : ``In(Response)``
+        With ``ack``: how it ended.
+    r_data : ``In(32)``
+        With ``ack`` on a read: the word read.
+    """
+
+    def __init__(self, addr_width: int) -> None:
+        if not isinstance(addr_width, int) or isinstance(addr_width, bool):
+            raise TypeError(f"address width must be an integer, not {addr_width!r}")
+        if addr_width < 2:
+            raise ValueError(f"address width must be at least 2, not {addr_width!r}")
+        self._addr_width = addr_width
+        super().__init__({
+            "stb": Out(1),
+            "addr": Out(addr_width),
+            "we": Out(1),
+            "w_data": Out(32),
+            "sel": Out(4),
+            "ack": In(1),
+            "resp": In(Response),
+            "r_data": In(32),
+        })  # fmt: skip
+
+    @property
+    def addr_width(self) -> int:
+        return self._addr_width
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BusSignature) and other.addr_width == self.addr_width
+
+    def __hash__(self) -> int:
+        return hash((BusSignature, self._addr_width))
+
+    def __repr__(self) -> str:
+        return f"BusSignature({self._addr_width})"
+
+
+def forward_ports(m: Module, outer: wiring.Component, inner: wiring.Component, skip: str) -> None:
+    """Wire every member of ``inner`` except ``skip`` to the same-named member of ``outer``.
+
+    For front-end wrappers, whose signature is the device's with its ``bus``
+    replaced by a standard bus.
+    """
+    for name, member in inner.signature.members.items():
+        if name == skip:
+            continue
+        if member.is_port:
+            inner_port, outer_port = getattr(inner, name), getattr(outer, name)
+            if member.flow is Out:
+                m.d.comb += outer_port.eq(inner_port)
+            else:
+                m.d.comb += inner_port.eq(outer_port)
+        else:
+            wiring.connect(m, wiring.flipped(getattr(outer, name)), getattr(inner, name))
+
+
+def front_end_members(device: wiring.Component, name: str, bus: wiring.Member) -> dict:
+    """``device``'s signature members with ``bus`` standing in for its internal bus."""
+    members = {name: bus}
+    for member_name, member in device.signature.members.items():
+        if member_name != "bus":
+            members[member_name] = member
+    return members

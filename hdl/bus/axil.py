@@ -1,0 +1,158 @@
+"""AXI4-Lite slave front-end for an ivshmem device's internal bus.
+
+One AXI4-Lite slave port carries both windows of the device, at the device's
+own bus addresses (for ivshmem-flat: registers at 0, shared memory at
+``shm_size``, DECERR in between; see :mod:`ivhw.hdl.flat`). ``AWADDR`` and
+``ARADDR`` are byte addresses as wide as the device's bus; a board top that
+places the device elsewhere strips its base address first.
+
+Responses: OKAY; SLVERR for an unaligned address (bits 1:0 not zero: the
+device is there but QEMU refuses unaligned accesses); DECERR for an address
+outside both windows. A sub-word write is a full-width write with partial
+``WSTRB``; reads are always full words (AXI4-Lite has no read size).
+
+The slave takes a write when ``AWVALID`` and ``WVALID`` are both high (AXI
+lets a slave wait for both before raising either ready) and alternates
+priority between reads and writes when both are pending, so neither starves.
+One transaction is in flight at a time.
+"""
+
+# Nested `with m.State(...)` / `with m.If(...)` blocks mirror the hardware's decision tree.
+# ruff: noqa: SIM117
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from . import BusSignature, forward_ports, front_end_members
+
+__all__ = ["AXI4LiteFrontEnd", "AXI4LiteSignature"]
+
+
+class AXI4LiteSignature(wiring.Signature):
+    """AXI4-Lite, 32-bit data, master side (``In(AXI4LiteSignature(n))`` on a slave).
+
+    Members are AXI's signal names in lower case (``awaddr``, ``wstrb``,
+    ``bresp``, ...), so cocotbext-axi's ``AxiLiteBus.from_prefix(dut, "axil_")``
+    and cocotb-bus's ``AXI4LiteMaster(dut, "axil_", clk)`` find them in the
+    generated Verilog (``axil__awaddr``).
+
+    Parameters
+    ----------
+    addr_width : int
+        Width of ``awaddr`` / ``araddr`` (byte addresses).
+    """
+
+    def __init__(self, addr_width: int) -> None:
+        if not isinstance(addr_width, int) or isinstance(addr_width, bool):
+            raise TypeError(f"address width must be an integer, not {addr_width!r}")
+        if addr_width < 2:
+            raise ValueError(f"address width must be at least 2, not {addr_width!r}")
+        self._addr_width = addr_width
+        super().__init__({
+            "awaddr": Out(addr_width), "awprot": Out(3), "awvalid": Out(1), "awready": In(1),
+            "wdata": Out(32), "wstrb": Out(4), "wvalid": Out(1), "wready": In(1),
+            "bresp": In(2), "bvalid": In(1), "bready": Out(1),
+            "araddr": Out(addr_width), "arprot": Out(3), "arvalid": Out(1), "arready": In(1),
+            "rdata": In(32), "rresp": In(2), "rvalid": In(1), "rready": Out(1),
+        })  # fmt: skip
+
+    @property
+    def addr_width(self) -> int:
+        return self._addr_width
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AXI4LiteSignature) and other.addr_width == self.addr_width
+
+    def __hash__(self) -> int:
+        return hash((AXI4LiteSignature, self._addr_width))
+
+    def __repr__(self) -> str:
+        return f"AXI4LiteSignature({self._addr_width})"
+
+
+class AXI4LiteFrontEnd(wiring.Component):
+    """A device with its internal bus behind an AXI4-Lite slave port ``axil``.
+
+    Parameters
+    ----------
+    device : wiring.Component
+        Any ivshmem device with a ``bus: In(BusSignature(n))`` member. Every
+        other member of the device appears unchanged on this component.
+
+    Raises
+    ------
+    TypeError
+        If ``device`` has no internal bus port.
+    """
+
+    def __init__(self, device: wiring.Component) -> None:
+        bus_member = getattr(device, "signature", None) and device.signature.members.get("bus")
+        if bus_member is None or not isinstance(bus_member.signature, BusSignature):
+            raise TypeError(f"device must have a bus: In(BusSignature(...)) member, not {device!r}")
+        self._device = device
+        addr_width = bus_member.signature.addr_width
+        super().__init__(front_end_members(device, "axil", In(AXI4LiteSignature(addr_width))))
+
+    @property
+    def device(self) -> wiring.Component:
+        return self._device
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        m.submodules.device = device = self._device
+        forward_ports(m, self, device, skip="bus")
+        axil, bus = self.axil, device.bus
+
+        write_first = Signal()  # alternates when reads and writes compete
+        resp = Signal(2)
+        r_data = Signal(32)
+
+        with m.FSM(name="axil"):
+            with m.State("IDLE"):
+                can_write = axil.awvalid & axil.wvalid
+                take_write = can_write & (write_first | ~axil.arvalid)
+                take_read = axil.arvalid & ~take_write
+                m.d.comb += [
+                    axil.awready.eq(take_write),
+                    axil.wready.eq(take_write),
+                    axil.arready.eq(take_read),
+                ]
+                with m.If(take_write):
+                    m.d.sync += [
+                        bus.stb.eq(1),
+                        bus.we.eq(1),
+                        bus.addr.eq(axil.awaddr),
+                        bus.w_data.eq(axil.wdata),
+                        bus.sel.eq(axil.wstrb),
+                        write_first.eq(0),
+                    ]
+                    m.next = "WRITE"
+                with m.Elif(take_read):
+                    m.d.sync += [
+                        bus.stb.eq(1),
+                        bus.we.eq(0),
+                        bus.addr.eq(axil.araddr),
+                        bus.sel.eq(0b1111),
+                        write_first.eq(1),
+                    ]
+                    m.next = "READ"
+            with m.State("WRITE"):
+                with m.If(bus.ack):
+                    m.d.sync += [bus.stb.eq(0), resp.eq(bus.resp)]
+                    m.next = "B"
+            with m.State("READ"):
+                with m.If(bus.ack):
+                    m.d.sync += [bus.stb.eq(0), resp.eq(bus.resp), r_data.eq(bus.r_data)]
+                    m.next = "R"
+            with m.State("B"):
+                m.d.comb += [axil.bvalid.eq(1), axil.bresp.eq(resp)]
+                with m.If(axil.bready):
+                    m.next = "IDLE"
+            with m.State("R"):
+                m.d.comb += [axil.rvalid.eq(1), axil.rresp.eq(resp), axil.rdata.eq(r_data)]
+                with m.If(axil.rready):
+                    m.next = "IDLE"
+        return m

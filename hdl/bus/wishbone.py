@@ -1,0 +1,112 @@
+"""Wishbone B4 *classic* slave front-end for an ivshmem device's internal bus.
+
+Classic (not pipelined) cycles: no ``STALL``; the master holds ``CYC``,
+``STB`` and the request until ``ACK`` or ``ERR`` and must not end a cycle
+before that (an access already started completes inside the device anyway).
+``ACK``/``ERR`` come at the earliest one clock after ``STB``, one per
+request; registered feedback (``CTI``/``BTE``) is not supported, so a burst
+is a sequence of single accesses. A B4 pipelined master connects through the
+usual adapter (``STALL = !ACK``-style, one request outstanding).
+
+32-bit port, 8-bit granularity: ``ADR`` is the *word* address (the device's
+byte address bits n-1:2), ``SEL`` selects the byte lanes. Because ``ADR``
+cannot express an unaligned address, the only error is an access outside both
+windows (the device's DECERR), answered with ``ERR``; everything else
+(including sub-word and reserved-register accesses) with ``ACK``.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from . import BusSignature, Response, forward_ports, front_end_members
+
+__all__ = ["WishboneFrontEnd", "WishboneSignature"]
+
+
+class WishboneSignature(wiring.Signature):
+    """Wishbone B4 classic, 32-bit data, byte granularity, master side.
+
+    Members (lower case B4 names without ``_O``/``_I``): ``cyc``, ``stb``,
+    ``we``, ``adr``, ``dat_w`` (master to slave), ``dat_r``, ``sel``, ``ack``,
+    ``err``.
+
+    Parameters
+    ----------
+    addr_width : int
+        Width of ``adr`` (a word address).
+    """
+
+    def __init__(self, addr_width: int) -> None:
+        if not isinstance(addr_width, int) or isinstance(addr_width, bool):
+            raise TypeError(f"address width must be an integer, not {addr_width!r}")
+        if addr_width < 0:
+            raise ValueError(f"address width must be non-negative, not {addr_width!r}")
+        self._addr_width = addr_width
+        super().__init__({
+            "cyc": Out(1), "stb": Out(1), "we": Out(1), "adr": Out(addr_width),
+            "dat_w": Out(32), "sel": Out(4), "dat_r": In(32), "ack": In(1), "err": In(1),
+        })  # fmt: skip
+
+    @property
+    def addr_width(self) -> int:
+        return self._addr_width
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, WishboneSignature) and other.addr_width == self.addr_width
+
+    def __hash__(self) -> int:
+        return hash((WishboneSignature, self._addr_width))
+
+    def __repr__(self) -> str:
+        return f"WishboneSignature({self._addr_width})"
+
+
+class WishboneFrontEnd(wiring.Component):
+    """A device with its internal bus behind a Wishbone classic slave port ``wb``.
+
+    Parameters
+    ----------
+    device : wiring.Component
+        Any ivshmem device with a ``bus: In(BusSignature(n))`` member; the
+        Wishbone address is ``n - 2`` bits wide. Every other member of the
+        device appears unchanged on this component.
+
+    Raises
+    ------
+    TypeError
+        If ``device`` has no internal bus port.
+    """
+
+    def __init__(self, device: wiring.Component) -> None:
+        bus_member = getattr(device, "signature", None) and device.signature.members.get("bus")
+        if bus_member is None or not isinstance(bus_member.signature, BusSignature):
+            raise TypeError(f"device must have a bus: In(BusSignature(...)) member, not {device!r}")
+        self._device = device
+        addr_width = bus_member.signature.addr_width - 2
+        super().__init__(front_end_members(device, "wb", In(WishboneSignature(addr_width))))
+
+    @property
+    def device(self) -> wiring.Component:
+        return self._device
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        m.submodules.device = device = self._device
+        forward_ports(m, self, device, skip="bus")
+        wb, bus = self.wb, device.bus
+        active = wb.cyc & wb.stb
+        okay = bus.resp == Response.OKAY
+        m.d.comb += [
+            bus.stb.eq(active),
+            bus.we.eq(wb.we),
+            bus.addr.eq(Cat(Const(0, 2), wb.adr)),
+            bus.w_data.eq(wb.dat_w),
+            bus.sel.eq(wb.sel),
+            wb.dat_r.eq(bus.r_data),
+            wb.ack.eq(active & bus.ack & okay),
+            wb.err.eq(active & bus.ack & ~okay),
+        ]
+        return m

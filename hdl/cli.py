@@ -1,0 +1,143 @@
+"""``ivshmem-hdl``: generate Verilog for the ivshmem devices.
+
+    ivshmem-hdl verilog flat [--vectors N] [--shm-size SIZE] [--bus axil|wishbone] -o FILE
+
+Each device registers a builder in ``DEVICES`` (name -> how to add its options
+and how to build it from them), so a new device is one entry plus its options.
+Bad arguments print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["DEVICES", "Device", "main", "parse_size"]
+
+_SUFFIXES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "": 1}
+
+
+def parse_size(text: str) -> int:
+    """A byte count with an optional K/M/G suffix (powers of 1024), as QEMU's ``-l``."""
+    upper = text.strip().upper()
+    suffix = upper[-1:] if upper[-1:] in _SUFFIXES else ""
+    number = upper[: len(upper) - len(suffix)]
+    if not number.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"size must be a number with an optional K/M/G, not {text!r}"
+        )
+    return int(number) * _SUFFIXES[suffix]
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, not {text!r}") from None
+
+
+@dataclass(frozen=True)
+class Device:
+    """How the CLI adds a device's options and builds it from them."""
+
+    help: str
+    add_options: Callable[[argparse.ArgumentParser], None]
+    build: Callable[[argparse.Namespace], object]
+
+
+def _flat_options(parser: argparse.ArgumentParser) -> None:
+    from ..sw.regmap import MAX_VECTORS
+
+    parser.add_argument(
+        "--vectors",
+        type=_integer,
+        default=MAX_VECTORS,
+        help=f"own vectors, 1..{MAX_VECTORS} (default {MAX_VECTORS})",
+    )
+    parser.add_argument(
+        "--shm-size", type=parse_size, default=4 << 20,
+        help="shared memory, a power of two, K/M/G suffix (default 4M)",
+    )  # fmt: skip
+
+
+def _flat_build(args: argparse.Namespace) -> object:
+    from .flat import IvshmemFlat
+
+    return IvshmemFlat(vectors=args.vectors, shm_size=args.shm_size)
+
+
+#: Devices ``ivshmem-hdl verilog`` can generate.
+DEVICES: dict[str, Device] = {
+    "flat": Device("ivshmem-flat (QEMU hw/misc/ivshmem-flat.c)", _flat_options, _flat_build),
+}
+
+
+def _front_end(name: str, device: object) -> object:
+    if name == "axil":
+        from .bus.axil import AXI4LiteFrontEnd
+
+        return AXI4LiteFrontEnd(device)  # type: ignore[arg-type]
+    from .bus.wishbone import WishboneFrontEnd
+
+    return WishboneFrontEnd(device)  # type: ignore[arg-type]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ivshmem-hdl", description="Generate Verilog for ivshmem devices.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    verilog = commands.add_parser("verilog", help="write a device as Verilog")
+    devices = verilog.add_subparsers(dest="device", required=True, parser_class=_Parser)
+    for name, device in DEVICES.items():
+        sub = devices.add_parser(name, help=device.help)
+        device.add_options(sub)
+        sub.add_argument(
+            "--bus",
+            choices=("axil", "wishbone"),
+            default="axil",
+            help="bus front-end (default axil)",
+        )
+        sub.add_argument(
+            "--name", default=None, help="Verilog module name (default ivshmem_<device>_<bus>)"
+        )
+        sub.add_argument("-o", "--output", required=True, type=Path,
+                         help="Verilog file to write ('-' for stdout)")  # fmt: skip
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``ivshmem-hdl``."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    prog = f"ivshmem-hdl {args.command} {args.device}"
+    try:
+        device = DEVICES[args.device].build(args)
+    except (TypeError, ValueError) as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    top = _front_end(args.bus, device)
+    name = args.name or f"ivshmem_{args.device}_{args.bus}"
+
+    from amaranth.back import verilog
+
+    text = verilog.convert(top, name=name)  # type: ignore[arg-type]
+    if str(args.output) == "-":
+        sys.stdout.write(text)
+    else:
+        try:
+            args.output.write_text(text)
+        except OSError as error:
+            print(f"{prog}: error: cannot write {args.output}: {error.strerror}", file=sys.stderr)
+            return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""``ivshmem-hdl``: Verilog generation and its one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ivhw.hdl.cli import main, parse_size
+
+__all__: list[str] = []
+
+
+@pytest.mark.parametrize("bus, port", [("axil", "axil__awaddr"), ("wishbone", "wb__cyc")])
+def test_writes_verilog(tmp_path: Path, bus: str, port: str) -> None:
+    out = tmp_path / "flat.v"
+    assert main(["verilog", "flat", "--vectors", "4", "--shm-size", "4K", "--bus", bus,
+                 "-o", str(out)]) == 0  # fmt: skip
+    text = out.read_text()
+    assert f"module ivshmem_flat_{bus}(" in text
+    assert port in text
+    assert "doorbell__payload" in text
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["verilog", "flat", "--vectors", "65"], "vectors must be 1..64, not 65"),
+        (["verilog", "flat", "--vectors", "x"], "must be an integer, not 'x'"),
+        (["verilog", "flat", "--shm-size", "3K"], "power of two, not 3072"),
+        (["verilog", "flat", "--shm-size", "3Q"], "not '3Q'"),
+        (["verilog", "flat", "--bus", "apb"], "invalid choice: 'apb'"),
+        (["verilog", "pci"], "invalid choice: 'pci'"),
+        (["verilog", "flat"], "required: -o/--output"),
+        (["verilog", "flat", "-o", "/nonexistent/dir/x.v"], "cannot write"),
+    ],
+)
+def test_bad_arguments_one_line_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if "-o" not in argv and "required" not in message:
+        argv = [*argv, "-o", "/dev/null"]
+    with pytest.raises(SystemExit) as exit_info:
+        raise SystemExit(main(argv))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert message in err
+
+
+def test_parse_size() -> None:
+    assert parse_size("4M") == 4 << 20
+    assert parse_size("64k") == 64 << 10
+    assert parse_size("4096") == 4096
