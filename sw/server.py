@@ -1,0 +1,1048 @@
+"""ivshmem server, protocol revision 1: a drop-in for QEMU's ``contrib/ivshmem-server``.
+
+Same options, defaults and message order as QEMU's server (SPEC.md §1), but it
+never loses a message: every client socket is non-blocking and has its own
+outbound queue, drained by one ``selectors`` loop as the client reads. The
+queue holds references to what must be sent (a peer's vectors, the shared
+memory, a departure), never duplicated fds: the fd is looked up when the
+message is actually sent, and a departed peer's eventfds stay open until the
+last queued reference to them has been delivered. A client that stops reading
+is disconnected after a timeout without disturbing the others.
+
+Run it in-process (tests, demo)::
+
+    with IvshmemServer(path, vectors=2) as server:
+        server.serve_in_background()
+        ...
+
+or as the ``ivshmem-server`` command (see ``ivshmem-server -h``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import errno
+import logging
+import os
+import re
+import resource
+import selectors
+import signal
+import socket
+import stat
+import struct
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from types import TracebackType
+from typing import NoReturn
+
+from .protocol import (
+    DEFAULT_SHM_NAME,
+    DEFAULT_SHM_SIZE,
+    DEFAULT_SOCKET_PATH,
+    MAX_PEER_ID,
+    MAX_VECTORS,
+    PROTOCOL_VERSION,
+    SHM_MESSAGE_ID,
+    send_message,
+)
+
+__all__ = [
+    "DEFAULT_PID_FILE",
+    "IvshmemServer",
+    "ServerError",
+    "main",
+    "parse_size",
+    "pow2ceil",
+]
+
+log = logging.getLogger(__name__)
+
+#: QEMU's default pid file (used in daemon mode only).
+DEFAULT_PID_FILE = "/var/run/ivshmem-server.pid"
+#: QEMU's server tries ``ftruncate`` with doubling sizes up to this, for hugetlbfs.
+_MAX_HUGEPAGE_SIZE = 1 << 30
+#: Kernel refusal to pass more fds while too many are in flight (per user).
+_ETOOMANYREFS = errno.ETOOMANYREFS
+_RETRY_MIN = 0.005
+_RETRY_MAX = 0.1
+#: Connections accepted per loop turn, so that a connect storm cannot starve draining.
+_ACCEPT_BURST = 64
+_PEERCRED = struct.Struct("3i")
+
+
+class ServerError(Exception):
+    """A server could not start; the message is one line naming the cause and the fix."""
+
+
+def pow2ceil(value: int) -> int:
+    """Smallest power of two that is ``>= value`` (QEMU's ``pow2ceil``; 1 for 0)."""
+    return 1 if value <= 1 else 1 << (value - 1).bit_length()
+
+
+_SIZE_RE = re.compile(r"(?i)(0x[0-9a-f]+|\d+(?:\.\d*)?)([bkmgtpe]?)")
+_SUFFIX = {"": 0, "b": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
+
+
+def parse_size(text: str) -> int:
+    """Parse a size like QEMU's ``parse_option_size``: ``4194304``, ``4M``, ``1.5G``, ``64k``.
+
+    Raises ``ValueError`` with a one-line message on anything else.
+    """
+    match = _SIZE_RE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"invalid size {text!r} (expected e.g. 4096, 64K, 4M, 1G)")
+    number, suffix = match.groups()
+    shift = _SUFFIX[suffix.lower()]
+    if number.lower().startswith("0x"):
+        if suffix:
+            raise ValueError(f"invalid size {text!r}: no suffix after a hex number")
+        return int(number, 16)
+    if "." in number:
+        if not suffix:
+            raise ValueError(f"invalid size {text!r}: a fraction needs a suffix (K, M, G)")
+        return int(float(number) * (1 << shift))
+    return int(number) << shift
+
+
+def _parse_uint(text: str) -> int:
+    """Parse an unsigned integer like C's ``strtoull(..., 0)``: decimal, 0x hex, 0 octal."""
+    t = text.strip()
+    if re.fullmatch(r"(?i)0x[0-9a-f]+", t):
+        return int(t, 16)
+    if re.fullmatch(r"0[0-7]+", t):
+        return int(t, 8)
+    if re.fullmatch(r"\d+", t):
+        return int(t)
+    raise ValueError(f"invalid number {text!r}")
+
+
+# What a queued item tells a client; how it is framed on the wire is the codec's
+# business (`_Rev1Codec`), so that revision 2 can reuse queue and loop.
+_INIT = 0  # version, the client's own ID, the shared memory
+_VECTORS = 1  # all eventfds of `peer`, one message per vector
+_GONE = 2  # `peer` left
+
+
+class _Item:
+    """One queued announcement to one client, with a cursor into its messages."""
+
+    __slots__ = ("kind", "next", "peer")
+
+    def __init__(self, kind: int, peer: _Peer) -> None:
+        self.kind = kind
+        self.peer = peer
+        self.next = 0
+
+
+class _Peer:
+    """Server-side state of one connected client."""
+
+    __slots__ = (
+        "closed",
+        "eventfds",
+        "id",
+        "last_progress",
+        "pid",
+        "queue",
+        "refs",
+        "retry_at",
+        "retry_delay",
+        "sock",
+        "want_write",
+    )
+
+    def __init__(self, peer_id: int, sock: socket.socket, eventfds: list[int], pid: int) -> None:
+        self.id = peer_id
+        self.sock = sock
+        self.eventfds = eventfds
+        self.pid = pid
+        self.queue: collections.deque[_Item] = collections.deque()
+        #: queued `_VECTORS` items (in anyone's queue) that still need our eventfds
+        self.refs = 0
+        self.closed = False
+        self.want_write = False
+        self.retry_at = 0.0
+        self.retry_delay = _RETRY_MIN
+        self.last_progress = 0.0
+
+
+class _Rev1Codec:
+    """Revision 1 framing: every message is one int64, optionally with one fd."""
+
+    @staticmethod
+    def count(item: _Item) -> int:
+        """Number of wire messages ``item`` takes."""
+        if item.kind == _INIT:
+            return 3
+        if item.kind == _VECTORS:
+            return len(item.peer.eventfds)
+        return 1
+
+    @staticmethod
+    def message(item: _Item, shm_fd: int) -> tuple[int, int | None]:
+        """Value and fd of message number ``item.next`` of ``item``."""
+        if item.kind == _VECTORS:
+            return item.peer.id, item.peer.eventfds[item.next]
+        if item.kind == _INIT:
+            if item.next == 0:
+                return PROTOCOL_VERSION, None
+            if item.next == 1:
+                return item.peer.id, None
+            return SHM_MESSAGE_ID, shm_fd
+        return item.peer.id, None
+
+
+class IvshmemServer:
+    """An ivshmem (revision 1) server on a UNIX socket.
+
+    Parameters
+    ----------
+    socket_path:
+        Where to listen. A stale socket file is replaced; a live server there
+        makes ``start()`` fail.
+    shm_size:
+        Shared memory size in bytes, rounded up to a power of two.
+    vectors:
+        Interrupt vectors (eventfds) per peer, 0..64.
+    shm_name:
+        POSIX shared memory object (``/dev/shm/NAME``), created or reused like
+        QEMU's ``-M`` and unlinked when the server closes. ``None`` (and no
+        ``shm_dir``): an anonymous ``memfd``, nothing to clean up.
+    shm_dir:
+        Directory (e.g. a hugetlbfs mount) for file-backed memory, QEMU's ``-m``:
+        a unique file is created there and unlinked at once.
+    socket_mode:
+        Permission bits of the socket file.
+    allow_uids, allow_gids:
+        When either is given, only clients whose ``SO_PEERCRED`` uid or
+        (primary) gid is listed are admitted.
+    max_peers:
+        Refuse connections beyond this many peers (``None``: the 65536 IDs).
+    stall_timeout:
+        Disconnect a client that has not taken a pending message for this many
+        seconds (``None`` or 0: never).
+    queue_limit:
+        Disconnect a client whose outbound queue exceeds this many announcements.
+    raise_fd_limit:
+        Raise the soft ``RLIMIT_NOFILE`` to the hard limit in ``start()``.
+
+    Attributes
+    ----------
+    shm_size:
+        The effective (power-of-two) size.
+    peer_ids:
+        IDs of the connected peers, in join order.
+    messages_sent:
+        Messages sent since start.
+    refused:
+        Connections refused since start.
+    write_waits:
+        Times a client socket was full and the server waited for it to become writable.
+    fd_retries:
+        Times sending an fd hit the in-flight limit (ETOOMANYREFS) and was retried later.
+
+    Raises
+    ------
+    ValueError
+        On out-of-range parameters.
+    """
+
+    def __init__(
+        self,
+        socket_path: str | os.PathLike[str],
+        *,
+        shm_size: int = DEFAULT_SHM_SIZE,
+        vectors: int = 1,
+        shm_name: str | None = None,
+        shm_dir: str | os.PathLike[str] | None = None,
+        socket_mode: int = 0o600,
+        allow_uids: Iterable[int] = (),
+        allow_gids: Iterable[int] = (),
+        max_peers: int | None = None,
+        stall_timeout: float | None = 10.0,
+        queue_limit: int = 2 * (MAX_PEER_ID + 1),
+        raise_fd_limit: bool = True,
+    ) -> None:
+        if not 0 <= vectors <= MAX_VECTORS:
+            raise ValueError(f"vectors must be 0..{MAX_VECTORS}, not {vectors!r}")
+        if shm_size <= 0:
+            raise ValueError(f"shm_size must be positive, not {shm_size!r}")
+        if shm_name is not None and shm_dir is not None:
+            raise ValueError("give shm_name or shm_dir, not both")
+        if shm_name is not None and (not shm_name.strip("/") or "/" in shm_name.strip("/")):
+            raise ValueError(f"shm_name must be a name without '/', not {shm_name!r}")
+        if max_peers is not None and not 1 <= max_peers <= MAX_PEER_ID + 1:
+            raise ValueError(f"max_peers must be 1..{MAX_PEER_ID + 1}, not {max_peers!r}")
+        if not 0 <= socket_mode <= 0o777:
+            raise ValueError(f"socket_mode must be 0..0o777, not {socket_mode:o}")
+        self.socket_path = os.fspath(socket_path)
+        self.requested_size = shm_size
+        self.shm_size = pow2ceil(shm_size)
+        self.vectors = vectors
+        self.shm_name = shm_name.strip("/") if shm_name is not None else None
+        self.shm_dir = os.fspath(shm_dir) if shm_dir is not None else None
+        self.socket_mode = socket_mode
+        self.allow_uids = frozenset(allow_uids)
+        self.allow_gids = frozenset(allow_gids)
+        self.max_peers = max_peers
+        self.stall_timeout = stall_timeout or None
+        self.queue_limit = queue_limit
+        self.raise_fd_limit = raise_fd_limit
+        self.messages_sent = 0
+        self.refused = 0
+        self.write_waits = 0
+        self.fd_retries = 0
+        self._codec = _Rev1Codec()
+        self._peers: dict[int, _Peer] = {}
+        self._zombies: set[_Peer] = set()  # gone, eventfds still queued to someone
+        self._dirty: set[_Peer] = set()  # have messages and may send now
+        self._retry: set[_Peer] = set()  # waiting for ETOOMANYREFS to clear
+        self._doomed: list[tuple[_Peer, str]] = []
+        self._next_id = 0
+        self._shm_fd = -1
+        self._listener: socket.socket | None = None
+        self._socket_ident: tuple[int, int] | None = None
+        self._selector: selectors.BaseSelector | None = None
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._reserve_fd = -1
+        self._quit = False
+        self._loop_thread: threading.Thread | None = None
+        self._done = threading.Event()
+        self._next_stall_check = 0.0
+
+    # -- public API ------------------------------------------------------------------------
+
+    @property
+    def peer_ids(self) -> list[int]:
+        """IDs of the connected peers, in join order."""
+        return list(self._peers)
+
+    @property
+    def shm_fd(self) -> int:
+        """The shared-memory fd (-1 before ``start()``)."""
+        return self._shm_fd
+
+    def pending(self) -> int:
+        """Announcements queued for all clients and not yet fully sent."""
+        return sum(len(p.queue) for p in list(self._peers.values()))
+
+    def start(self) -> None:
+        """Open the shared memory, bind and listen; raises ``ServerError``."""
+        if self._listener is not None:
+            return
+        if self.raise_fd_limit:
+            _raise_nofile_limit()
+        try:
+            self._open_shm()
+            self._bind()
+            self._selector = selectors.DefaultSelector()
+            self._wake_r, self._wake_w = socket.socketpair()
+            self._wake_r.setblocking(False)
+            self._wake_w.setblocking(False)
+            assert self._listener is not None
+            self._selector.register(self._listener, selectors.EVENT_READ, None)
+            self._selector.register(self._wake_r, selectors.EVENT_READ, self._wake_r)
+            # kept so that running out of fds can still accept-and-refuse a connection
+            self._reserve_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        except BaseException:
+            self._close()
+            raise
+        self._quit = False
+        self._done.clear()
+        log.info(
+            "listening on %s: shm %s, %d bytes, %d vector(s)",
+            self.socket_path,
+            self._shm_description(),
+            self.shm_size,
+            self.vectors,
+        )
+
+    def serve_forever(self) -> None:
+        """Run the event loop until ``stop()``; closes everything on return."""
+        self.start()
+        self._loop_thread = threading.current_thread()
+        try:
+            self._loop()
+        finally:
+            self._close()
+            self._loop_thread = None
+            self._done.set()
+
+    def serve_in_background(self) -> threading.Thread:
+        """Start the server if needed and run ``serve_forever`` in a daemon thread."""
+        self.start()
+        thread = threading.Thread(target=self.serve_forever, name="ivshmem-server", daemon=True)
+        self._loop_thread = thread
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        """End the loop (from any thread or a signal handler) and close all; idempotent."""
+        self._quit = True
+        loop = self._loop_thread
+        if loop is not None:
+            self._wake()
+            if loop is not threading.current_thread():
+                self._done.wait()
+            return
+        self._close()
+
+    def __enter__(self) -> IvshmemServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- setup -----------------------------------------------------------------------------
+
+    def _shm_description(self) -> str:
+        if self.shm_name is not None:
+            return f"/dev/shm/{self.shm_name}"
+        if self.shm_dir is not None:
+            return f"file in {self.shm_dir}"
+        return "memfd"
+
+    def _open_shm(self) -> None:
+        if self.shm_name is not None:
+            import _posixshmem  # CPython's binding of shm_open, as multiprocessing uses it
+
+            where = f"/dev/shm/{self.shm_name}"
+            try:
+                fd = _posixshmem.shm_open("/" + self.shm_name, os.O_CREAT | os.O_RDWR, 0o700)
+            except OSError as e:
+                raise ServerError(f"cannot open shm {where}: {e.strerror}") from None
+            os.set_inheritable(fd, False)
+        elif self.shm_dir is not None:
+            where = self.shm_dir
+            try:
+                fd, name = tempfile.mkstemp(prefix="ivshmem.", dir=self.shm_dir)
+                os.unlink(name)
+            except OSError as e:
+                raise ServerError(f"cannot create shm file in {where}: {e.strerror}") from None
+        else:
+            where = "memfd"
+            fd = os.memfd_create("ivshmem", os.MFD_CLOEXEC)
+        self._shm_fd = fd
+        size = self.shm_size
+        if os.fstat(fd).st_size == size:
+            return  # an existing object of the right size is reused as is, contents and all
+        while True:
+            try:
+                os.ftruncate(fd, size)
+                break
+            except OSError as e:
+                # hugetlbfs only takes multiples of its page size: try the next powers of two
+                if size >= _MAX_HUGEPAGE_SIZE:
+                    raise ServerError(
+                        f"cannot set the size of shm {where} to {self.shm_size}: {e.strerror}"
+                    ) from None
+                size *= 2
+        self.shm_size = size
+
+    def _bind(self) -> None:
+        path = self.socket_path
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            if not stat.S_ISSOCK(st.st_mode):
+                raise ServerError(f"{path} exists and is not a socket: remove it or use -S")
+            if _socket_is_live(path):
+                raise ServerError(f"another server is listening on {path}: stop it or use -S")
+            log.info("replacing stale socket %s", path)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            # the file takes the socket inode's mode at bind: no window with wider permissions
+            os.fchmod(sock.fileno(), self.socket_mode)
+            sock.bind(path)
+            os.chmod(path, self.socket_mode)
+            sock.listen(socket.SOMAXCONN)
+            sock.setblocking(False)
+        except OSError as e:
+            sock.close()
+            raise ServerError(f"cannot listen on {path}: {e.strerror or e}") from None
+        st = os.stat(path)
+        self._socket_ident = (st.st_dev, st.st_ino)
+        self._listener = sock
+
+    # -- event loop ------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        if self._wake_w is not None:
+            try:
+                self._wake_w.send(b"\0")
+            except OSError:
+                pass  # full (a wake-up is pending anyway) or closed
+
+    def _loop(self) -> None:
+        selector = self._selector
+        assert selector is not None
+        while not self._quit:
+            events = selector.select(self._timeout())
+            for key, mask in events:
+                data = key.data
+                if data is None:
+                    self._accept()
+                elif data is self._wake_r:
+                    try:
+                        while self._wake_r.recv(4096):
+                            pass
+                    except BlockingIOError:
+                        pass
+                elif not data.closed:
+                    if mask & selectors.EVENT_READ:
+                        # the protocol is one-way: data or EOF from a client means it is gone
+                        self._drop(data, "disconnected", logging.INFO)
+                    elif mask & selectors.EVENT_WRITE:
+                        data.want_write = False
+                        selector.modify(data.sock, selectors.EVENT_READ, data)
+                        self._dirty.add(data)
+            self._timers()
+            self._flush()
+
+    def _timeout(self) -> float | None:
+        if self._dirty or self._doomed:
+            return 0.0
+        deadline: float | None = None
+        if self._retry:
+            deadline = min(p.retry_at for p in self._retry)
+        if self.stall_timeout is not None and any(p.queue for p in self._peers.values()):
+            check = self._next_stall_check
+            deadline = check if deadline is None else min(deadline, check)
+        if deadline is None:
+            return None
+        return max(0.0, deadline - time.monotonic())
+
+    def _timers(self) -> None:
+        now = time.monotonic()
+        if self._retry:
+            for peer in [p for p in self._retry if p.retry_at <= now]:
+                self._retry.discard(peer)
+                self._dirty.add(peer)
+        if self.stall_timeout is not None and now >= self._next_stall_check:
+            self._next_stall_check = now + min(self.stall_timeout / 4, 1.0)
+            limit = now - self.stall_timeout
+            for peer in list(self._peers.values()):
+                if peer.queue and peer.last_progress < limit:
+                    self._doomed.append(
+                        (
+                            peer,
+                            f"stopped reading: {len(peer.queue)} announcement(s) pending "
+                            f"for {now - peer.last_progress:.1f} s",
+                        )
+                    )
+
+    def _flush(self) -> None:
+        while self._dirty or self._doomed:
+            while self._doomed:
+                peer, reason = self._doomed.pop()
+                self._drop(peer, reason, logging.WARNING)
+            while self._dirty:
+                self._send_queue(self._dirty.pop())
+
+    def _send_queue(self, peer: _Peer) -> None:
+        """Send ``peer``'s queue until it is empty or the socket pushes back."""
+        if peer.closed:
+            return
+        queue = peer.queue
+        sock = peer.sock
+        codec = self._codec
+        shm_fd = self._shm_fd
+        sent = 0
+        try:
+            while queue:
+                item = queue[0]
+                value, fd = codec.message(item, shm_fd)
+                send_message(sock, value, fd)
+                sent += 1
+                item.next += 1
+                if item.next >= codec.count(item):
+                    queue.popleft()
+                    if item.kind == _VECTORS:
+                        self._unref(item.peer)
+        except BlockingIOError:
+            self.write_waits += 1
+            peer.want_write = True
+            assert self._selector is not None
+            self._selector.modify(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, peer)
+        except OSError as e:
+            if e.errno == _ETOOMANYREFS:
+                # too many fds in flight for our user: wait for receivers to take some
+                self.fd_retries += 1
+                now = time.monotonic()
+                peer.retry_at = now + peer.retry_delay
+                peer.retry_delay = min(peer.retry_delay * 2, _RETRY_MAX)
+                self._retry.add(peer)
+            else:
+                self._doomed.append((peer, f"send failed: {e.strerror or e}"))
+        if sent:
+            self.messages_sent += sent
+            peer.last_progress = time.monotonic()
+            peer.retry_delay = _RETRY_MIN
+
+    def _enqueue(self, peer: _Peer, item: _Item) -> None:
+        queue = peer.queue
+        if not queue:
+            peer.last_progress = time.monotonic()
+        queue.append(item)
+        if item.kind == _VECTORS:
+            item.peer.refs += 1
+        if len(queue) > self.queue_limit:
+            self._doomed.append((peer, f"stopped reading: outbound queue over {self.queue_limit}"))
+        elif not peer.want_write and peer not in self._retry:
+            self._dirty.add(peer)
+
+    def _unref(self, owner: _Peer) -> None:
+        owner.refs -= 1
+        if owner.closed and owner.refs == 0:
+            self._zombies.discard(owner)
+            _close_fds(owner.eventfds)
+
+    # -- peers -----------------------------------------------------------------------------
+
+    def _accept(self) -> None:
+        listener = self._listener
+        assert listener is not None
+        for _ in range(_ACCEPT_BURST):
+            try:
+                sock, _addr = listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE):
+                    self._refuse_without_fds(e)
+                    continue
+                if e.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
+                    continue
+                raise
+            self._admit(sock)
+
+    def _refuse_without_fds(self, error: OSError) -> None:
+        """Accept-and-close with the reserve fd, else the listener stays readable forever."""
+        assert self._listener is not None
+        if self._reserve_fd >= 0:
+            os.close(self._reserve_fd)
+            self._reserve_fd = -1
+        try:
+            sock, _addr = self._listener.accept()
+        except OSError:
+            sock = None
+        self.refused += 1
+        log.warning("refused a connection: out of file descriptors (%s)", error.strerror)
+        if sock is not None:
+            sock.close()
+        try:
+            self._reserve_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self._reserve_fd = -1
+
+    def _refuse(self, sock: socket.socket, pid: int, reason: str) -> None:
+        self.refused += 1
+        log.warning("refused a connection (pid %d): %s", pid, reason)
+        sock.close()
+
+    def _admit(self, sock: socket.socket) -> None:
+        try:
+            pid, uid, gid = _PEERCRED.unpack(
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+            )
+        except OSError as e:
+            self._refuse(sock, 0, f"cannot read its credentials: {e.strerror}")
+            return
+        if (self.allow_uids or self.allow_gids) and not (
+            uid in self.allow_uids or gid in self.allow_gids
+        ):
+            self._refuse(sock, pid, f"uid {uid} / gid {gid} not allowed")
+            return
+        if self.max_peers is not None and len(self._peers) >= self.max_peers:
+            self._refuse(sock, pid, f"already {len(self._peers)} peers (--max-peers)")
+            return
+        peer_id = self._allocate_id()
+        if peer_id is None:
+            self._refuse(sock, pid, "no free peer ID")
+            return
+        eventfds: list[int] = []
+        try:
+            for _ in range(self.vectors):
+                eventfds.append(os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK))
+        except OSError as e:
+            _close_fds(eventfds)
+            self._refuse(sock, pid, f"cannot create its eventfds: {e.strerror}")
+            return
+        sock.setblocking(False)
+        peer = _Peer(peer_id, sock, eventfds, pid)
+        assert self._selector is not None
+        self._selector.register(sock, selectors.EVENT_READ, peer)
+        self._next_id = (peer_id + 1) & MAX_PEER_ID
+        # message order as QEMU's server: init, new peer to the others, the others to
+        # the new peer, the new peer to itself
+        self._enqueue(peer, _Item(_INIT, peer))
+        if eventfds:
+            for other in self._peers.values():
+                self._enqueue(other, _Item(_VECTORS, peer))
+        for other in self._peers.values():
+            if other.eventfds:
+                self._enqueue(peer, _Item(_VECTORS, other))
+        if eventfds:
+            self._enqueue(peer, _Item(_VECTORS, peer))
+        self._peers[peer_id] = peer
+        log.info("peer %d joined (pid %d, uid %d)", peer_id, pid, uid)
+
+    def _allocate_id(self) -> int | None:
+        candidate = self._next_id
+        for _ in range(MAX_PEER_ID + 1):
+            if candidate not in self._peers:
+                return candidate
+            candidate = (candidate + 1) & MAX_PEER_ID
+        return None
+
+    def _drop(self, peer: _Peer, reason: str, level: int) -> None:
+        """Disconnect ``peer`` and tell the others; its eventfds live while still queued."""
+        if peer.closed:
+            return
+        peer.closed = True
+        log.log(level, "peer %d %s", peer.id, reason)
+        if self._selector is not None:
+            self._selector.unregister(peer.sock)
+        peer.sock.close()
+        del self._peers[peer.id]
+        self._dirty.discard(peer)
+        self._retry.discard(peer)
+        queue = peer.queue
+        peer.queue = collections.deque()
+        for item in queue:
+            if item.kind == _VECTORS:
+                self._unref(item.peer)
+        for other in self._peers.values():
+            self._enqueue(other, _Item(_GONE, peer))
+        if peer.refs == 0:
+            _close_fds(peer.eventfds)
+        else:
+            self._zombies.add(peer)
+
+    # -- teardown --------------------------------------------------------------------------
+
+    def _close(self) -> None:
+        for peer in list(self._peers.values()) + list(self._zombies):
+            if not peer.closed:
+                peer.closed = True
+                peer.sock.close()
+            _close_fds(peer.eventfds)
+        self._peers.clear()
+        self._zombies.clear()
+        self._dirty.clear()
+        self._retry.clear()
+        self._doomed.clear()
+        if self._selector is not None:
+            self._selector.close()
+            self._selector = None
+        for sock in (self._wake_r, self._wake_w):
+            if sock is not None:
+                sock.close()
+        self._wake_r = self._wake_w = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+            self._unlink_socket()
+        if self._reserve_fd >= 0:
+            os.close(self._reserve_fd)
+            self._reserve_fd = -1
+        if self._shm_fd >= 0:
+            os.close(self._shm_fd)
+            self._shm_fd = -1
+            if self.shm_name is not None:
+                # as QEMU's server does on exit
+                try:
+                    os.unlink(f"/dev/shm/{self.shm_name}")
+                except OSError:
+                    pass
+        if self._listener is None and self._socket_ident is not None:
+            self._socket_ident = None
+            log.info("server closed")
+
+    def _unlink_socket(self) -> None:
+        """Remove our socket file, but not one another server has put there since."""
+        try:
+            st = os.lstat(self.socket_path)
+        except OSError:
+            return
+        if (st.st_dev, st.st_ino) == self._socket_ident:
+            try:
+                os.unlink(self.socket_path)
+            except OSError:
+                pass
+
+
+def _close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    fds.clear()
+
+
+def _raise_nofile_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as e:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, e)
+
+
+def _socket_is_live(path: str) -> bool:
+    """Whether a server listens on ``path`` (else the file is a stale leftover)."""
+    wanted = {path, os.path.abspath(path)}
+    try:
+        with open("/proc/net/unix") as table:
+            next(table)
+            for line in table:
+                fields = line.split(None, 7)
+                # flags 00010000 is __SO_ACCEPTCON: a listening socket
+                if len(fields) == 8 and fields[3] == "00010000" and fields[7].strip() in wanted:
+                    return True
+    except OSError:
+        pass
+    # not found under that spelling: connecting tells (refused means nobody listens)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except OSError:
+        return True
+    finally:
+        probe.close()
+    return True
+
+
+# -- command line --------------------------------------------------------------------------
+
+_USAGE = f"""\
+Usage: {{prog}} [OPTION]...
+  -h: show this help
+  -v: verbose mode
+  -F: foreground mode (default is to daemonize)
+  -p <pid-file>: path to the PID file (used in daemon mode only)
+     default {DEFAULT_PID_FILE}
+  -S <unix-socket-path>: path to the unix socket to listen to
+     default {DEFAULT_SOCKET_PATH}
+  -M <shm-name>: POSIX shared memory object to use
+     default {DEFAULT_SHM_NAME}
+  -m <dir-name>: where to create shared memory
+  -l <size>: size of shared memory in bytes
+     suffixes K, M and G can be used, e.g. 1K means 1024
+     default {DEFAULT_SHM_SIZE}
+  -n <nvectors>: number of vectors
+     default 1
+  --socket-mode <octal>: permissions of the socket file, default 0600
+  --allow-uid <uid>, --allow-gid <gid>: admit only these clients (SO_PEERCRED),
+     repeatable
+  --max-peers <n>: refuse connections beyond n peers
+  --stall-timeout <seconds>: disconnect a client that stops reading, default 10
+     (0: never)
+"""
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line error (``prog: error: ...``, status 2) and QEMU's usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def format_help(self) -> str:
+        return _USAGE.format(prog=self.prog)
+
+
+def _shm_arg(kind: str) -> Callable[[str], tuple[str, str]]:
+    def convert(text: str) -> tuple[str, str]:
+        if not text:
+            raise argparse.ArgumentTypeError("must not be empty")
+        return kind, text
+
+    convert.__name__ = "shm name" if kind == "name" else "directory"
+    return convert
+
+
+def _size_arg(text: str) -> int:
+    try:
+        size = parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"shm size must be positive, not {text!r}")
+    return size
+
+
+def _vectors_arg(text: str) -> int:
+    try:
+        n = _parse_uint(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"cannot parse n_vectors {text!r}") from None
+    if n > MAX_VECTORS:
+        raise argparse.ArgumentTypeError(f"too many requested vectors (max is {MAX_VECTORS})")
+    return n
+
+
+def _mode_arg(text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an octal mode: {text!r}") from None
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"mode must be 0..0777, not {text!r}")
+    return mode
+
+
+def _id_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a numeric id: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value
+
+
+def _peers_arg(text: str) -> int:
+    value = _id_arg(text)
+    if not 1 <= value <= MAX_PEER_ID + 1:
+        raise argparse.ArgumentTypeError(f"must be 1..{MAX_PEER_ID + 1}, not {text!r}")
+    return value
+
+
+def _seconds_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value
+
+
+def _parser(prog: str) -> _ArgumentParser:
+    parser = _ArgumentParser(prog=prog, add_help=False, allow_abbrev=False)
+    parser.add_argument("-h", action="store_true", dest="help")
+    parser.add_argument("-v", action="store_true", dest="verbose")
+    parser.add_argument("-F", action="store_true", dest="foreground")
+    parser.add_argument("-p", dest="pid_file", default=DEFAULT_PID_FILE, metavar="PIDFILE")
+    parser.add_argument("-S", dest="socket_path", default=DEFAULT_SOCKET_PATH, metavar="PATH")
+    # -M and -m share one destination: the last one given wins, as with QEMU's getopt loop
+    parser.add_argument(
+        "-M", dest="shm", type=_shm_arg("name"), default=("name", DEFAULT_SHM_NAME), metavar="NAME"
+    )
+    parser.add_argument("-m", dest="shm", type=_shm_arg("dir"), metavar="DIR")
+    parser.add_argument("-l", dest="size", type=_size_arg, default=DEFAULT_SHM_SIZE, metavar="SIZE")
+    parser.add_argument("-n", dest="vectors", type=_vectors_arg, default=1, metavar="VECTORS")
+    parser.add_argument("--socket-mode", type=_mode_arg, default=0o600, metavar="OCTAL")
+    parser.add_argument("--allow-uid", type=_id_arg, action="append", default=[], metavar="UID")
+    parser.add_argument("--allow-gid", type=_id_arg, action="append", default=[], metavar="GID")
+    parser.add_argument("--max-peers", type=_peers_arg, default=None, metavar="N")
+    parser.add_argument("--stall-timeout", type=_seconds_arg, default=10.0, metavar="SECONDS")
+    return parser
+
+
+def _daemonize(pid_file: str) -> None:
+    """Double fork; the original process exits once the pid file is written (or failed)."""
+    ready_r, ready_w = os.pipe()
+    if os.fork() > 0:
+        os.close(ready_w)
+        with os.fdopen(ready_r, "rb") as ready:
+            status = ready.read()
+        if status == b"ok":
+            os._exit(0)
+        sys.stderr.write(status.decode(errors="replace") or "ivshmem-server: daemon died\n")
+        sys.stderr.flush()
+        os._exit(1)
+    os.close(ready_r)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    try:
+        with open(pid_file, "w") as f:
+            f.write(f"{os.getpid()}\n")
+    except OSError as e:
+        os.write(
+            ready_w, f"ivshmem-server: cannot write pid file {pid_file}: {e.strerror}\n".encode()
+        )
+        os.close(ready_w)
+        raise
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.write(ready_w, b"ok")
+    os.close(ready_w)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point, options as QEMU's ``ivshmem-server``; returns the exit status."""
+    prog = "ivshmem-server"
+    parser = _parser(prog)
+    args = parser.parse_args(argv)
+    if args.help:
+        sys.stdout.write(parser.format_help())
+        return 0
+    if args.verbose and not args.foreground:
+        parser.error("cannot use verbose in daemon mode (add -F)")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format=f"{prog}: %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    kind, value = args.shm
+    server = IvshmemServer(
+        args.socket_path,
+        shm_size=args.size,
+        vectors=args.vectors,
+        shm_name=value if kind == "name" else None,
+        shm_dir=value if kind == "dir" else None,
+        socket_mode=args.socket_mode,
+        allow_uids=args.allow_uid,
+        allow_gids=args.allow_gid,
+        max_peers=args.max_peers,
+        stall_timeout=args.stall_timeout,
+    )
+    try:
+        server.start()
+    except ServerError as e:
+        sys.stderr.write(f"{prog}: {e}\n")
+        return 1
+    if not args.foreground:
+        try:
+            _daemonize(os.path.abspath(args.pid_file))
+        except OSError:
+            server.stop()
+            return 1
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("%s: shutting down", signal.Signals(signum).name)
+        server.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

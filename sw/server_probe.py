@@ -1,0 +1,341 @@
+"""Raw protocol clients that check an ivshmem server message by message (tests, benchmarks).
+
+Unlike the peer library these clients keep nothing: they record what arrived, in
+which order, and (``CountingSwarm``) close every received fd at once, so that
+hundreds of them fit in one process far below its fd limit.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from .protocol import PROTOCOL_VERSION, SHM_MESSAGE_ID, recv_message
+
+__all__ = ["CountingSwarm", "RawClient", "ServerProcess", "SwarmResult", "fd_count"]
+
+
+def fd_count(pid: int | None = None) -> int:
+    """Open file descriptors of process ``pid`` (default: this one), from ``/proc``."""
+    return len(os.listdir(f"/proc/{pid if pid is not None else 'self'}/fd"))
+
+
+class RawClient:
+    """A blocking protocol-level client: every message as ``(value, fds)``, fds kept open.
+
+    Parameters
+    ----------
+    path:
+        The server's socket.
+    timeout:
+        Seconds a receive may wait before ``TimeoutError``.
+
+    Attributes
+    ----------
+    sock:
+        The connected socket.
+    fds:
+        Every fd received so far (closed by ``close()``).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], timeout: float = 5.0) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.fds: list[int] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.sock.connect(os.fspath(path))
+                break
+            except (ConnectionRefusedError, FileNotFoundError):
+                # bound but not yet listening, or not yet bound: a server is starting
+                if time.monotonic() > deadline:
+                    self.sock.close()
+                    raise
+                time.sleep(0.01)
+
+    def recv(self) -> tuple[int, list[int]] | None:
+        """Next message, or ``None`` at end of stream."""
+        message = recv_message(self.sock)
+        if message is not None:
+            self.fds.extend(message[1])
+        return message
+
+    def recv_n(self, count: int) -> list[tuple[int, int]]:
+        """The next ``count`` messages as ``(value, number of fds)``; EOF is an error."""
+        out = []
+        for _ in range(count):
+            message = self.recv()
+            if message is None:
+                raise ConnectionError(f"server closed after {len(out)} of {count} messages")
+            out.append((message[0], len(message[1])))
+        return out
+
+    def handshake(self) -> tuple[int, int]:
+        """Read version, ID and shared memory; returns ``(id, shm_fd)``."""
+        version = self.recv()
+        own = self.recv()
+        shm = self.recv()
+        if version is None or own is None or shm is None:
+            raise ConnectionError("server closed during the handshake")
+        if version != (PROTOCOL_VERSION, []) or own[1] or shm[0] != SHM_MESSAGE_ID:
+            raise AssertionError(f"bad handshake: {version}, {own}, {shm}")
+        if len(shm[1]) != 1:
+            raise AssertionError(f"shm message carries {len(shm[1])} fds")
+        return own[0], shm[1][0]
+
+    def at_eof(self, timeout: float = 5.0) -> bool:
+        """Wait up to ``timeout`` for the server to close (remaining messages are read)."""
+        self.sock.settimeout(timeout)
+        try:
+            while self.recv() is not None:
+                pass
+        except TimeoutError:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Close the socket and every received fd."""
+        self.sock.close()
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
+
+    def __enter__(self) -> RawClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+@dataclass
+class _Counted:
+    """What one swarm client has seen."""
+
+    sock: socket.socket
+    state: int = 0  # messages of the handshake seen, 3 = done
+    id: int = -1
+    runs: list[int] = field(default_factory=list)  # peer IDs announced, in order
+    run_len: int = 0  # fds of the current (last) run
+    messages: int = 0
+    error: str = ""
+
+
+@dataclass
+class SwarmResult:
+    """Outcome of a ``CountingSwarm`` run."""
+
+    peers: int
+    vectors: int
+    seconds: float
+    messages: int
+    complete: bool
+    errors: list[str]
+
+
+class CountingSwarm:
+    """N raw clients that join one after another and verify every message they get.
+
+    Each client closes each received fd at once and checks its stream against
+    SPEC.md §1: version, own ID, shm, then for every peer in join order (its
+    own ID included) exactly ``vectors`` messages with one fd each.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], peers: int, vectors: int) -> None:
+        self.path = os.fspath(path)
+        self.peers = peers
+        self.vectors = vectors
+        self._clients: list[_Counted] = []
+
+    def run(self, timeout: float = 120.0) -> SwarmResult:
+        """Connect all clients, read until each has seen everything or ``timeout``."""
+        selector = selectors.DefaultSelector()
+        start = time.monotonic()
+        deadline = start + timeout
+        clients = self._clients
+        try:
+            pending = 0
+            connected = 0
+            while time.monotonic() < deadline:
+                if connected < self.peers:
+                    # connect in small batches so that joins interleave with reading
+                    for _ in range(min(8, self.peers - connected)):
+                        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                        sock.connect(self.path)
+                        sock.setblocking(False)
+                        client = _Counted(sock)
+                        clients.append(client)
+                        selector.register(sock, selectors.EVENT_READ, client)
+                        connected += 1
+                        pending += 1
+                elif pending == 0:
+                    break
+                for key, _mask in selector.select(0.5 if connected == self.peers else 0):
+                    client = key.data
+                    if self._drain(client):
+                        pending -= 1
+                        selector.unregister(client.sock)
+            seconds = time.monotonic() - start
+        finally:
+            selector.close()
+        errors = [f"client {c.id}: {c.error}" for c in clients if c.error]
+        complete = not errors and pending == 0 and len(clients) == self.peers
+        join_order = [c.id for c in clients]
+        if complete and self.vectors:
+            for c in clients:
+                if c.runs != join_order:
+                    errors.append(f"client {c.id}: peers announced in order {c.runs[:8]}...")
+            complete = not errors
+        if not complete and not errors:
+            errors.append(f"{pending} client(s) incomplete after {timeout} s")
+        return SwarmResult(
+            self.peers,
+            self.vectors,
+            seconds,
+            sum(c.messages for c in clients),
+            complete,
+            errors,
+        )
+
+    def _drain(self, client: _Counted) -> bool:
+        """Read what is there; True once the client has everything (or failed)."""
+        want = self.peers
+        vectors = self.vectors
+        while True:
+            try:
+                message = recv_message(client.sock)
+            except BlockingIOError:
+                return False
+            except OSError as e:
+                client.error = f"receive failed: {e}"
+                return True
+            if message is None:
+                client.error = f"server closed after {client.messages} messages"
+                return True
+            value, fds = message
+            for fd in fds:
+                os.close(fd)
+            client.messages += 1
+            if client.state == 0:
+                ok = value == PROTOCOL_VERSION and not fds
+            elif client.state == 1:
+                ok = not fds
+                client.id = value
+            elif client.state == 2:
+                ok = value == SHM_MESSAGE_ID and len(fds) == 1
+            else:
+                ok = len(fds) == 1
+                if ok:
+                    if client.run_len and client.runs[-1] == value and client.run_len < vectors:
+                        client.run_len += 1
+                    elif not client.runs or client.run_len == vectors:
+                        client.runs.append(value)
+                        client.run_len = 1
+                    else:
+                        ok = False
+            if not ok:
+                client.error = (
+                    f"unexpected message {client.messages}: {value} with {len(fds)} fd(s)"
+                )
+                return True
+            if client.state < 3:
+                client.state += 1
+            if client.state == 3 and (
+                vectors == 0 or (len(client.runs) == want and client.run_len == vectors)
+            ):
+                return True
+
+    def close(self) -> None:
+        """Disconnect every client."""
+        for client in self._clients:
+            client.sock.close()
+        self._clients.clear()
+
+
+class ServerProcess:
+    """``python -m ivhw.sw.server -F ...`` as a subprocess, ready once it listens.
+
+    Parameters
+    ----------
+    socket_path:
+        Passed as ``-S``.
+    args:
+        Further command-line options.
+    log_path:
+        Where its stderr goes (read it with ``log()``).
+    preexec_fn:
+        Run in the child before exec (e.g. to lower ``RLIMIT_NOFILE``).
+    """
+
+    def __init__(
+        self,
+        socket_path: str | os.PathLike[str],
+        args: Sequence[str],
+        log_path: str | os.PathLike[str],
+        preexec_fn: object = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.socket_path = os.fspath(socket_path)
+        self.log_path = Path(log_path)
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "ivhw.sw.server", "-F", "-S", self.socket_path, *args],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                preexec_fn=preexec_fn,  # type: ignore[arg-type]
+            )
+        deadline = time.monotonic() + timeout
+        while "listening on" not in self.log():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"server did not start: {self.log()}")
+            time.sleep(0.02)
+
+    @property
+    def pid(self) -> int:
+        """The server's process ID."""
+        return self.proc.pid
+
+    def log(self) -> str:
+        """Everything the server has logged so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def fd_count(self) -> int:
+        """The server's open file descriptors."""
+        return fd_count(self.proc.pid)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM, wait, return the exit status (SIGKILL if it does not exit)."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,266 @@
+"""``ivshmem-server`` on the command line: QEMU's options, daemon mode, signals, socket file."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from ivhw.sw.server import main, parse_size
+from ivhw.sw.server_probe import RawClient, ServerProcess
+
+SERVER = [sys.executable, "-m", "ivhw.sw.server"]
+
+
+def shm_name() -> str:
+    """A /dev/shm name no other test uses."""
+    return f"ivhw-test-{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def shm() -> Iterator[str]:
+    """A unique POSIX shm name, removed after the test whatever happened."""
+    name = shm_name()
+    yield name
+    Path("/dev/shm", name).unlink(missing_ok=True)
+
+
+def run_cli(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*SERVER, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while os.path.exists(f"/proc/{pid}"):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("4096", 4096),
+        ("1K", 1024),
+        ("1k", 1024),
+        ("4M", 4 << 20),
+        ("1G", 1 << 30),
+        ("1.5K", 1536),
+        ("2b", 2),
+        ("0x1000", 4096),
+    ],
+)
+def test_parse_size_accepts_qemu_sizes(text: str, value: int) -> None:
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "4Q", "M", "-1", "1.5", "4 M B", "0x10K"])
+def test_parse_size_rejects_garbage(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["-n", "65"], "too many requested vectors (max is 64)"),
+        (["-n", "abc"], "cannot parse n_vectors"),
+        (["-n", "-1"], "cannot parse n_vectors"),
+        (["-l", "12Q"], "invalid size"),
+        (["-l", "0"], "must be positive"),
+        (["-x"], "unrecognized arguments"),
+        (["-F", "-S"], "expected one argument"),
+        (["-v"], "cannot use verbose in daemon mode"),
+        (["-F", "--socket-mode", "999"], "not an octal mode"),
+        (["-F", "--max-peers", "0"], "must be 1..65536"),
+        (["-F", "--allow-uid", "root"], "not a numeric id"),
+        (["-F", "--stall-timeout", "-1"], "must not be negative"),
+        (["-F", "extra"], "unrecognized arguments"),
+    ],
+)
+def test_bad_arguments_give_one_line_and_status_2(
+    capsys: pytest.CaptureFixture[str], argv: list[str], expected: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith("ivshmem-server: error: ")
+    assert expected in err
+
+
+def test_bad_arguments_in_a_subprocess_have_no_traceback() -> None:
+    result = run_cli("-n", "100")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "ivshmem-server: error: argument -n: too many requested vectors (max is 64)"
+    ]
+
+
+def test_help_lists_qemus_options(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-h"]) == 0
+    out = capsys.readouterr().out
+    for option in ("-h", "-v", "-F", "-p <pid-file>", "-S", "-M", "-m", "-l", "-n"):
+        assert option in out
+    assert "/tmp/ivshmem_socket" in out and "4194304" in out
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / "ivshmem-server"
+    result = subprocess.run([script, "-h"], capture_output=True, text=True, timeout=20)
+    assert result.returncode == 0
+    assert "Usage:" in result.stdout
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_exits_cleanly(tmp_path: Path, shm: str, signum: int) -> None:
+    path = tmp_path / "s.sock"
+    server = ServerProcess(path, ["-M", shm, "-l", "64K", "-n", "2"], tmp_path / "log")
+    try:
+        client = RawClient(path)
+        assert client.handshake()[0] == 0
+        assert Path("/dev/shm", shm).stat().st_size == 64 << 10
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        server.proc.send_signal(signum)
+        assert server.proc.wait(10) == 0
+        assert client.at_eof()
+        client.close()
+        assert not path.exists()
+        assert not Path("/dev/shm", shm).exists()
+        assert "Traceback" not in server.log()
+    finally:
+        server.stop()
+
+
+def test_daemon_mode_writes_the_pid_file(tmp_path: Path, shm: str) -> None:
+    path = tmp_path / "d.sock"
+    pid_file = tmp_path / "server.pid"
+    log = tmp_path / "log"
+    with open(log, "wb") as out:
+        # no pipes: the daemon keeps stdout/stderr open, as QEMU's does
+        status = subprocess.run(
+            [*SERVER, "-S", str(path), "-p", str(pid_file), "-M", shm, "-l", "1M"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            timeout=20,
+        ).returncode
+    assert status == 0, log.read_text()
+    pid = int(pid_file.read_text())
+    try:
+        assert pid != os.getpid()
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        assert int(fields[1]) != os.getpid()  # re-parented: the double fork detached it
+        assert os.getsid(pid) != os.getsid(0)  # a session of its own
+        with RawClient(path) as client:
+            assert client.handshake()[0] == 0
+        os.kill(pid, signal.SIGTERM)
+        assert wait_gone(pid)
+    finally:
+        if os.path.exists(f"/proc/{pid}"):
+            os.kill(pid, signal.SIGKILL)
+    assert not path.exists()
+
+
+def test_unwritable_pid_file_fails_in_the_foreground(tmp_path: Path, shm: str) -> None:
+    path = tmp_path / "d.sock"
+    log = tmp_path / "log"
+    with open(log, "wb") as out:
+        status = subprocess.run(
+            [*SERVER, "-S", str(path), "-p", str(tmp_path / "no/such/dir.pid"), "-M", shm],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            timeout=20,
+        ).returncode
+    assert status == 1
+    assert "cannot write pid file" in log.read_text()
+    time.sleep(0.2)
+    assert not path.exists()
+
+
+def test_stale_socket_file_is_replaced(tmp_path: Path, shm: str) -> None:
+    path = tmp_path / "stale.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()  # the file stays, nobody listens
+    with ServerProcess(path, ["-M", shm], tmp_path / "log") as server, RawClient(path) as client:
+        assert client.handshake()[0] == 0
+        assert "replacing stale socket" in server.log()
+
+
+def test_live_server_on_the_same_path_is_not_replaced(tmp_path: Path, shm: str) -> None:
+    path = tmp_path / "live.sock"
+    other = shm_name()
+    try:
+        with (
+            ServerProcess(path, ["-M", shm, "-n", "1"], tmp_path / "log1") as first,
+            RawClient(path) as a,
+        ):
+            a.recv_n(4)
+            result = run_cli("-F", "-S", str(path), "-M", other)
+            assert result.returncode == 1
+            lines = result.stderr.strip().splitlines()
+            assert lines == [
+                f"ivshmem-server: another server is listening on {path}: stop it or use -S"
+            ]
+            # the first server still works, and nobody connected to probe it
+            with RawClient(path) as b:
+                assert b.handshake()[0] == 1
+            assert "peer 1 joined" in first.log()
+            assert "peer 2" not in first.log()
+    finally:
+        Path("/dev/shm", other).unlink(missing_ok=True)
+
+
+def test_path_that_is_not_a_socket_is_an_error(tmp_path: Path, shm: str) -> None:
+    path = tmp_path / "file"
+    path.write_text("mine")
+    result = run_cli("-F", "-S", str(path), "-M", shm)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"ivshmem-server: {path} exists and is not a socket: remove it or use -S"
+    ]
+    assert path.read_text() == "mine"
+
+
+def test_socket_mode_option(tmp_path: Path, shm: str) -> None:
+    path = tmp_path / "m.sock"
+    with ServerProcess(path, ["-M", shm, "--socket-mode", "660"], tmp_path / "log"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o660
+
+
+def test_file_backed_memory_option(tmp_path: Path) -> None:
+    path = tmp_path / "f.sock"
+    mem = tmp_path / "mem"
+    mem.mkdir()
+    with (
+        ServerProcess(path, ["-m", str(mem), "-l", "3K"], tmp_path / "log"),
+        RawClient(path) as client,
+    ):
+        _id, fd = client.handshake()
+        assert os.fstat(fd).st_size == 4096
+        assert list(mem.iterdir()) == []
+
+
+def test_last_of_m_and_M_wins(tmp_path: Path, shm: str) -> None:
+    path = tmp_path / "w.sock"
+    with ServerProcess(path, ["-m", str(tmp_path), "-M", shm], tmp_path / "log"):
+        assert Path("/dev/shm", shm).exists()
