@@ -33,6 +33,9 @@ int <peer> all: notify all vectors of a peer
 int all: notify all vectors of all peers (excepting us)
 help: this help"""
 
+#: How long the server may pause between own vectors during the handshake.
+_SETTLE = 0.1
+
 _SEPARATORS = str.maketrans({"\r": "\n", ";": "\n"})
 
 
@@ -228,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        peer = Peer(args.S)
+        # the server may pause inside its burst (rev 1 has no end-of-setup marker)
+        peer = Peer(args.S, settle=_SETTLE)
     except (OSError, ProtocolError, TimeoutError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         print(f"ivshmem-client: cannot connect to {args.S}: {reason}", file=sys.stderr)

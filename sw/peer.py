@@ -136,7 +136,8 @@ class Peer:
     Revision 1 has no "setup complete" message, so with ``vectors=N`` the
     handshake ends when N own vectors arrived (more are closed, as QEMU does);
     with ``vectors=None`` it ends once the first own vector arrived and nothing
-    more is pending at once (own vectors arriving later are still taken).
+    more is pending at once, or within ``settle`` (own vectors arriving later are
+    still taken).
 
     Peers known at the end of the handshake are in :attr:`peers`; only later
     changes produce events.
@@ -150,6 +151,9 @@ class Peer:
     timeout : float
         Seconds for the connection and the handshake, and the longest a
         truncated server message is waited for later.
+    settle : float
+        With ``vectors=None``: how long the server may pause inside its burst of
+        own vectors before the handshake ends (0: only what is already there).
 
     Attributes
     ----------
@@ -181,7 +185,12 @@ class Peer:
     """
 
     def __init__(
-        self, socket_path: str, *, vectors: int | None = None, timeout: float = 5.0
+        self,
+        socket_path: str,
+        *,
+        vectors: int | None = None,
+        timeout: float = 5.0,
+        settle: float = 0.0,
     ) -> None:
         if vectors is not None and not 0 <= vectors <= MAX_VECTORS:
             raise ValueError(f"vectors must be 0..{MAX_VECTORS} or None, not {vectors!r}")
@@ -195,6 +204,7 @@ class Peer:
         self.peers: dict[int, int] = {}
         self._wanted = vectors
         self._timeout = timeout
+        self._settle = settle
         self._closed = False
         self._server_gone = False
         self._own_fds: list[int] = []
@@ -287,7 +297,7 @@ class Peer:
             if limit is not None:
                 if self.vectors >= limit:
                     return
-            elif self.vectors and not self._readable_now():
+            elif self.vectors and not self._readable_within(self._settle):
                 return
 
     def _take_shm(self, fds: list[int]) -> None:
@@ -322,9 +332,9 @@ class Peer:
         self.shm_size = size
         self.memory = memoryview(self.shm)
 
-    def _readable_now(self) -> bool:
+    def _readable_within(self, seconds: float) -> bool:
         assert self._sock is not None
-        ready, _, _ = select.select([self._sock], [], [], 0)
+        ready, _, _ = select.select([self._sock], [], [], seconds)
         return bool(ready)
 
     # -- message processing ------------------------------------------------------------------

@@ -69,8 +69,23 @@ def test_vectors_none_takes_the_whole_burst(sock_path: str, no_leak: None) -> No
         conn.handshake(0, vectors=4, peers={5: 4})
 
     with FakeServer(sock_path, script), Peer(sock_path) as peer:
-        assert peer.vectors == 4
+        # existing peers come before own vectors, so they are all there
         assert peer.peers == {5: 4}
+        assert peer.vectors >= 1
+        # own vectors trailing behind the handshake are still taken
+        assert peer.poll(0.2) == []
+        assert peer.vectors == 4
+
+
+def test_settle_waits_for_a_slow_burst(sock_path: str, no_leak: None) -> None:
+    def script(conn: FakeConn, index: int) -> None:
+        conn.preamble(0)
+        conn.own_vectors(0, 1)
+        time.sleep(0.05)
+        conn.own_vectors(0, 1)
+
+    with FakeServer(sock_path, script), Peer(sock_path, settle=1) as peer:
+        assert peer.vectors == 2
 
 
 def test_vectors_zero_stops_after_shm(sock_path: str, no_leak: None) -> None:

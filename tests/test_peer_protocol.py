@@ -147,11 +147,13 @@ def test_handshake_error(case: str, tmp_path: Path) -> None:
     script, error, message = HANDSHAKE_ERRORS[case]
     path = str(tmp_path / "s")
     vectors = 4 if case == "fewer-vectors-than-asked" else None
+    # a burst trailing behind the handshake is taken later: wait for all of it here
+    settle = 1.0 if case == "own-vectors-beyond-64" else 0.0
     before = open_fds()
     with FakeServer(path, lambda conn, index: script(conn)) as server:
         start = time.monotonic()
         with pytest.raises(error, match=message) as info:
-            Peer(path, vectors=vectors, timeout=0.3)
+            Peer(path, vectors=vectors, timeout=0.3, settle=settle)
         assert time.monotonic() - start < 2
         if error is ProtocolError:
             assert not isinstance(info.value, ServerGone)
@@ -210,3 +212,16 @@ def test_fds_are_cloexec(tmp_path: Path) -> None:
     with FakeServer(path, lambda conn, index: conn.handshake(0, peers={1: 1})), Peer(path) as peer:
         fds = [peer.fileno(), peer.shm_fd, *peer.eventfds(0), *peer.eventfds(1)]
         assert all(not os.get_inheritable(fd) for fd in fds)
+
+
+def test_own_vectors_beyond_64_after_handshake(tmp_path: Path) -> None:
+    path = str(tmp_path / "s")
+    before = open_fds()
+    with (
+        FakeServer(path, lambda conn, index: (conn.preamble(0), conn.own_vectors(0, 65))),
+        pytest.raises(ProtocolError, match="more than 64 own vectors"),
+        Peer(path, vectors=64) as peer,
+    ):
+        for _ in range(10):
+            peer.poll(0.5)
+    assert open_fds() == before
