@@ -11,9 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import require_tool
+
 from ivhw.sw.qtest import PCI, QemuIvshmem, QtestError
 from ivhw.sw.regmap import PCI_REV1_REGS
-from support import require_tool
 
 pytestmark = pytest.mark.qemu
 
