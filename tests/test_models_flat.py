@@ -5,6 +5,7 @@ from __future__ import annotations
 import mmap
 
 import pytest
+
 from ivhw.sw.models import IvshmemFlat
 from ivhw.sw.models._mmio import access_of_mask
 from ivhw.sw.regmap import DOORBELL, FLAT_REGS, MAX_VECTORS

@@ -12,5 +12,6 @@ from __future__ import annotations
 
 from .common import Counters, PeerTable, SharedMemory
 from .flat import IvshmemFlat
+from .pci import IvshmemPci
 
-__all__ = ["Counters", "IvshmemFlat", "PeerTable", "SharedMemory"]
+__all__ = ["Counters", "IvshmemFlat", "IvshmemPci", "PeerTable", "SharedMemory"]

@@ -62,13 +62,16 @@ def _check(offset: int, size: int, window: int) -> None:
         )
 
 
-def dispatch_read(read32: Callable[[int], int], offset: int, size: int, window: int) -> int | None:
+def dispatch_read(
+    read32: Callable[[int], int], offset: int, size: int, window: int, min_size: int = 1
+) -> int | None:
     """Read ``size`` bytes at ``offset`` through a 4-byte-only handler; ``None`` if invalid.
 
-    An invalid access reads 0 on the bus; the caller counts it.
+    An invalid access (unaligned, or smaller than ``min_size``: QEMU
+    ``.valid.min_access_size``) reads 0 on the bus; the caller counts it.
     """
     _check(offset, size, window)
-    if offset % size:
+    if offset % size or size < min_size:
         return None
     if size == 8:
         return (read32(offset) & _M32) | (read32(offset + 4) & _M32) << 32
@@ -76,13 +79,18 @@ def dispatch_read(read32: Callable[[int], int], offset: int, size: int, window: 
 
 
 def dispatch_write(
-    write32: Callable[[int, int], None], offset: int, data: int, size: int, window: int
+    write32: Callable[[int, int], None],
+    offset: int,
+    data: int,
+    size: int,
+    window: int,
+    min_size: int = 1,
 ) -> bool:
     """Write ``size`` bytes at ``offset`` through a 4-byte-only handler; ``False`` if dropped."""
     _check(offset, size, window)
     if not 0 <= data < 1 << (8 * size):
         raise ValueError(f"data {data!r} does not fit in {size} bytes")
-    if offset % size:
+    if offset % size or size < min_size:
         return False
     if size == 8:
         write32(offset, data & _M32)

@@ -1,0 +1,217 @@
+"""The one definition of the ivshmem PCI configuration space (revision 1).
+
+Standard type-0 header offsets and bits (PCI Local Bus 3.0, ch. 6), the IDs of
+QEMU 7.2's ``ivshmem-doorbell`` / ``ivshmem-plain``, which bits are writable
+(QEMU's ``pci_init_wmask``), the BAR layout and the MSI-X capability. The model
+(``ivhw.sw.models.pci``), the HDL and the tests take these from here.
+
+QEMU 7.2, q35, doorbell with 2 vectors, dwords 00h..4Ch after reset::
+
+    00: 11101af4 00100000 05000001 00000000
+    10: 00000000 00000000 0000000c 00000000
+    20: 00000000 00000000 00000000 11001af4
+    30: 00000000 00000040 00000000 00000000
+    40: 00010011 00000001 00000801 00000000
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from .regmap import MSIX_BAR, PCI_REV1_REGS
+
+__all__ = [
+    "BARS",
+    "CFG",
+    "CLASS_CODE",
+    "CMD",
+    "CMD_WMASK",
+    "CONFIG_SIZE",
+    "DEVICE_ID",
+    "MSIX_CAP",
+    "REVISION_ID",
+    "STATUS",
+    "SUBSYSTEM_ID",
+    "SUBSYSTEM_VENDOR_ID",
+    "VENDOR_ID",
+    "BarLayout",
+    "BarType",
+    "InterruptPin",
+]
+
+#: Red Hat / Qumranet
+VENDOR_ID = 0x1AF4
+#: ivshmem
+DEVICE_ID = 0x1110
+#: revision 1: the QEMU ivshmem register interface
+REVISION_ID = 0x01
+#: base class 05h memory controller, sub-class 00h RAM, prog-if 00h
+CLASS_CODE = 0x050000
+#: QEMU's default subsystem IDs (``pci_init``: PCI_SUBSYSTEM_VENDOR_ID_REDHAT_QUMRANET)
+SUBSYSTEM_VENDOR_ID = 0x1AF4
+SUBSYSTEM_ID = 0x1100
+
+#: size of a conventional function's configuration space
+CONFIG_SIZE = 0x100
+
+
+class CFG(enum.IntEnum):
+    """Byte offsets in the type-0 configuration header."""
+
+    VENDOR_ID = 0x00  #: 16 bits
+    DEVICE_ID = 0x02  #: 16 bits
+    COMMAND = 0x04  #: 16 bits
+    STATUS = 0x06  #: 16 bits
+    REVISION_ID = 0x08  #: 8 bits
+    CLASS_PROG = 0x09  #: 8 bits; CLASS_CODE is 24 bits at 09h
+    CLASS_SUB = 0x0A  #: 8 bits
+    CLASS_BASE = 0x0B  #: 8 bits
+    CACHE_LINE_SIZE = 0x0C  #: 8 bits, RW
+    LATENCY_TIMER = 0x0D  #: 8 bits, 0 (RO on a type-0 function in QEMU)
+    HEADER_TYPE = 0x0E  #: 8 bits, 00h: type 0, single function
+    BIST = 0x0F  #: 8 bits, 0
+    BAR0 = 0x10  #: BARn at 10h + 4n
+    BAR1 = 0x14
+    BAR2 = 0x18
+    BAR3 = 0x1C
+    BAR4 = 0x20
+    BAR5 = 0x24
+    CARDBUS_CIS = 0x28
+    SUBSYSTEM_VENDOR_ID = 0x2C  #: 16 bits
+    SUBSYSTEM_ID = 0x2E  #: 16 bits
+    ROM_ADDRESS = 0x30  #: no expansion ROM: 0, RO
+    CAPABILITY_LIST = 0x34  #: 8 bits
+    INTERRUPT_LINE = 0x3C  #: 8 bits, RW
+    INTERRUPT_PIN = 0x3D  #: 8 bits
+    MIN_GNT = 0x3E
+    MAX_LAT = 0x3F
+    HEADER_END = 0x40  #: first byte after the header
+
+
+class CMD(enum.IntFlag):
+    """Command register bits."""
+
+    IO = 0x0001  #: I/O space enable (writable in QEMU though there is no I/O BAR)
+    MEMORY = 0x0002  #: memory space enable: gates every BAR's decode
+    MASTER = 0x0004  #: bus master enable: gates the MSI-X memory write
+    SPECIAL = 0x0008
+    INVALIDATE = 0x0010
+    VGA_PALETTE = 0x0020
+    PARITY = 0x0040
+    WAIT = 0x0080
+    SERR = 0x0100
+    FAST_BACK = 0x0200
+    INTX_DISABLE = 0x0400  #: gates the INTx pin (not the internal interrupt status)
+
+
+#: Command bits QEMU 7.2 lets software write (``pci_init_wmask``); the rest read 0.
+CMD_WMASK = CMD.IO | CMD.MEMORY | CMD.MASTER | CMD.SERR | CMD.INTX_DISABLE
+
+
+class STATUS(enum.IntFlag):
+    """Status register bits."""
+
+    INTERRUPT = 0x0008  #: RO: the function's INTx state (before INTX_DISABLE)
+    CAP_LIST = 0x0010  #: RO: a capability list exists (MSI-X variant only)
+    #: error bits, write-1-to-clear in QEMU (``pci_init_w1cmask``); never set here
+    W1C = 0xF900
+
+
+class BarType(enum.IntFlag):
+    """Low bits of a memory BAR."""
+
+    MEM32 = 0x0
+    MEM64 = 0x4
+    PREFETCH = 0x8
+
+
+@dataclass(frozen=True)
+class BarLayout:
+    """One BAR of the device: its index, fixed size (``None``: configured) and type bits."""
+
+    index: int
+    name: str
+    size: int | None
+    type: BarType
+
+    @property
+    def offset(self) -> int:
+        """Config-space offset of the BAR's (low) dword."""
+        return CFG.BAR0 + 4 * self.index
+
+    @property
+    def is64(self) -> bool:
+        return bool(self.type & BarType.MEM64)
+
+    @staticmethod
+    def wmask(size: int, is64: bool) -> int:
+        """Writable address bits of a BAR of ``size`` bytes (64 bits wide when ``is64``)."""
+        return ~(size - 1) & ((1 << (64 if is64 else 32)) - 1)
+
+
+class _Bars:
+    #: BAR0: the registers, exactly 256 bytes, 32-bit non-prefetchable
+    regs = BarLayout(0, "regs", PCI_REV1_REGS.size, BarType.MEM32)
+    #: BAR1: MSI-X table + PBA, 4 KiB, 32-bit non-prefetchable (MSI-X variant only)
+    msix = BarLayout(1, "msix", MSIX_BAR.size, BarType.MEM32)
+    #: BAR2+3: the shared memory, 64-bit prefetchable, size a power of two
+    shm = BarLayout(2, "shm", None, BarType.MEM64 | BarType.PREFETCH)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter((self.regs, self.msix, self.shm))
+
+
+#: the three BARs
+BARS = _Bars()
+
+
+class InterruptPin(enum.IntEnum):
+    """Interrupt Pin register values."""
+
+    NONE = 0  #: ivshmem-plain, and ivshmem-doorbell with MSI-X (QEMU 7.2)
+    INTA = 1  #: the seeds' ``ivshmem`` with ``msi=off``: legacy INTx
+
+
+@dataclass(frozen=True)
+class _MsixCap:
+    """The MSI-X capability: position, ID and its fields (offsets from the capability)."""
+
+    #: config offset of the capability (QEMU's first free slot after the header)
+    offset: int = 0x40
+    #: capability ID
+    id: int = 0x11
+    #: bytes the capability occupies (QEMU MSIX_CAP_LENGTH)
+    length: int = 12
+    #: +0 ID, +1 next pointer (0: last), +2 Message Control (16 bits)
+    NEXT: int = 0x1
+    CONTROL: int = 0x2
+    #: +4 table offset (bits 31:3) | BIR (bits 2:0); +8 the same for the PBA
+    TABLE: int = 0x4
+    PBA: int = 0x8
+    #: Message Control: table size N-1 (RO)
+    TABLE_SIZE: int = 0x07FF
+    #: Message Control: function mask (RW)
+    MASKALL: int = 0x4000
+    #: Message Control: MSI-X enable (RW)
+    ENABLE: int = 0x8000
+    #: Message Control bits software may write
+    CONTROL_WMASK: int = 0xC000
+    BIR_MASK: int = 0x7
+
+    @property
+    def control_offset(self) -> int:
+        """Config offset of Message Control."""
+        return self.offset + self.CONTROL
+
+    def table_word(self) -> int:
+        """Value of the Table Offset/BIR dword (table in BAR1 at ``MSIX_BAR.table``)."""
+        return MSIX_BAR.table | BARS.msix.index
+
+    def pba_word(self) -> int:
+        """Value of the PBA Offset/BIR dword (PBA in BAR1 at ``MSIX_BAR.pba``)."""
+        return MSIX_BAR.pba | BARS.msix.index
+
+
+#: the MSI-X capability of the doorbell variant
+MSIX_CAP = _MsixCap()
