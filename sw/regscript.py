@@ -45,6 +45,7 @@ __all__ = [
     "compare",
     "doorbell_script",
     "format_results",
+    "plain_script",
     "run",
 ]
 
@@ -248,6 +249,19 @@ def doorbell_script(vectors: int = 2, peer_id: int = 0) -> list[Op]:
     """
     if not 1 <= vectors <= _MSG_WINDOW_VECTORS:
         raise ValueError(f"vectors must be 1..{_MSG_WINDOW_VECTORS}, not {vectors!r}")
+    return _pci_script(vectors, peer_id, doorbell=True)
+
+
+def plain_script() -> list[Op]:
+    """The differential script for ``ivshmem-plain``: config space, BARs, BAR0 registers.
+
+    The MSI-X table and interrupt sections are left out (the device has neither);
+    IVPosition reads 0 and doorbells go nowhere.
+    """
+    return _pci_script(1, 0, doorbell=False)
+
+
+def _pci_script(vectors: int, peer_id: int, *, doorbell: bool) -> list[Op]:
     s = _Builder()
     regs = PCI_REV1_REGS
     cap = _MSIX_CAP
@@ -337,7 +351,7 @@ def doorbell_script(vectors: int = 2, peer_id: int = 0) -> list[Op]:
     intr_mask = regs.IntrMask.offset
     intr_status = regs.IntrStatus.offset
     ivposition = regs.IVPosition.offset
-    doorbell = regs.Doorbell.offset
+    doorbell_reg = regs.Doorbell.offset
     for value in (0xFFFF_FFFF, 0xA5A5_5A5A, 0x0000_0001):
         s.bar_wr(f"intrmask.{value:08x}", 0, intr_mask, value)
         s.bar_rd(f"intrmask.{value:08x}.rd", 0, intr_mask)
@@ -346,10 +360,10 @@ def doorbell_script(vectors: int = 2, peer_id: int = 0) -> list[Op]:
     s.bar_rd("intrstatus.rd.cleared", 0, intr_status)
     s.bar_wr("ivposition.wr", 0, ivposition, 0x1234)
     s.bar_rd("ivposition.rd", 0, ivposition)
-    s.bar_rd("doorbell.rd", 0, doorbell)
-    s.bar_wr("doorbell.unknown_peer", 0, doorbell, DOORBELL.pack((peer_id + 77) & 0xFFFF, 0))
-    s.bar_wr("doorbell.bad_vector", 0, doorbell, DOORBELL.pack(peer_id, vectors))
-    s.bar_rd("doorbell.rd.after", 0, doorbell)
+    s.bar_rd("doorbell.rd", 0, doorbell_reg)
+    s.bar_wr("doorbell.unknown_peer", 0, doorbell_reg, DOORBELL.pack((peer_id + 77) & 0xFFFF, 0))
+    s.bar_wr("doorbell.bad_vector", 0, doorbell_reg, DOORBELL.pack(peer_id, vectors))
+    s.bar_rd("doorbell.rd.after", 0, doorbell_reg)
     s.messages("doorbell.no_messages")
     for off in (0x10, 0x14, 0x40, 0x80, 0xFC):
         s.bar_wr(f"bar0.rsvd{off:02x}.wr", 0, off, 0xFFFF_FFFF)
@@ -377,6 +391,9 @@ def doorbell_script(vectors: int = 2, peer_id: int = 0) -> list[Op]:
     s.bar_rd("q.read0", 0, intr_mask, 8)
     s.bar_rd("q.read8", 0, ivposition, 8)
     s.bar_wr("q.intrmask.zero", 0, intr_mask, 0)
+
+    if not doorbell:
+        return s.ops
 
     # -- MSI-X table and PBA ----------------------------------------------------------------
     entry_size = MSIX_ENTRY.size
