@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from fakeserver import PACK, FakeConn, FakeServer, open_fds
+
 from ivhw.sw.peer import Peer, ProtocolError, ServerGone
 
 
