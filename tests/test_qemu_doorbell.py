@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 from qemu_domain import Domain
+from qemu_model_peer import ModelPeer
 from support import require_tool
 
 from ivhw.sw.peer import Doorbell, Peer, PeerJoined, PeerLeft, PeerVector
@@ -188,3 +189,52 @@ def test_msix_disabled_drops_the_event(domain: Domain) -> None:
     assert not a.wait_msix(0, 0.1), "a dropped event is not delivered later"
     host.ring(a.ivposition, 0)
     expect_msix(a, 0)
+
+
+def test_model_peer_with_qemu_and_host(domain: Domain) -> None:
+    """Our PCI model joins the domain as a peer next to real QEMU and a host peer."""
+    host = domain.peer()
+    model = ModelPeer(str(domain.socket_path), VECTORS)
+    try:
+        a = domain.qemu()
+        a_id, m_id = a.ivposition, model.peer.id
+        assert model.id == m_id  # the model's IVPosition is the ID the server gave
+        assert sorted(domain.server.peer_ids) == sorted({host.id, m_id, a_id})
+        model.wait_peer(a_id)
+        learn(host, a_id)
+        learn(host, m_id)
+        for vector in range(VECTORS):
+            model.ring(a_id, vector)  # model -> QEMU
+            expect_msix(a, vector)
+            a.ring(m_id, vector)  # QEMU -> model
+            assert model.wait_message(vector), f"model got no MSI-X {vector} from QEMU"
+            model.ring(host.id, vector)  # model -> host
+            expect_doorbell(host, vector)
+            host.ring(m_id, vector)  # host -> model
+            assert model.wait_message(vector), f"model got no MSI-X {vector} from the host"
+        assert model.messages == []
+        # one shared memory behind QEMU's BAR2, the model's BAR2 and the host's mmap
+        model.shm_write(0x3000, 0x1122_3344_5566_7788)
+        assert a.bar_read(2, 0x3000, 8) == 0x1122_3344_5566_7788
+        a.bar_write(2, 0x3008, 0x99AA_BBCC_DDEE_FF00, 8)
+        assert model.shm_read(0x3008) == 0x99AA_BBCC_DDEE_FF00
+        assert host.shm[0x3000:0x3010] == (  # type: ignore[index]
+            (0x1122_3344_5566_7788).to_bytes(8, "little")
+            + (0x99AA_BBCC_DDEE_FF00).to_bytes(8, "little")
+        )
+        # QEMU dies: the model forgets it, ringing it is ignored, the rest goes on
+        a.kill()
+        seen: list[object] = []
+        for _ in range(100):
+            seen += model.pump(0.05)
+            if PeerLeft(a_id) in seen:
+                break
+        assert PeerLeft(a_id) in seen
+        assert a_id not in model.model.peers
+        bad_peer = model.model.counters.bad_peer
+        model.ring(a_id, 0)
+        assert model.model.counters.bad_peer == bad_peer + 1
+        model.ring(host.id, 1)
+        expect_doorbell(host, 1)
+    finally:
+        model.close()
