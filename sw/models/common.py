@@ -144,20 +144,30 @@ class SharedMemory:
             self._check(size)
             self.view = memoryview(bytearray(size))
         else:
-            view = memoryview(shm).cast("B")  # type: ignore[arg-type]
+            base = memoryview(shm)  # type: ignore[arg-type]
+            view = base.cast("B")
+            base.release()
             if view.readonly:
+                view.release()
                 raise ValueError("the shared memory buffer must be writable")
             size = len(view) if size is None else size
             self._check(size)
             if size > len(view):
-                raise ValueError(f"window of {size} bytes exceeds the {len(view)}-byte buffer")
+                length = len(view)
+                view.release()
+                raise ValueError(f"window of {size} bytes exceeds the {length}-byte buffer")
             self.view = view[:size]
+            view.release()
         self.size = size
 
     @staticmethod
     def _check(size: int) -> None:
         if not isinstance(size, int) or size < 16 or size & (size - 1):
             raise ValueError(f"shared memory size must be a power of two >= 16, not {size!r}")
+
+    def release(self) -> None:
+        """Drop the view, so that the buffer (e.g. an ``mmap``) can be closed; no access after."""
+        self.view.release()
 
     def _span(self, offset: int, size: int) -> slice:
         if size <= 0 or offset < 0 or offset + size > self.size:
