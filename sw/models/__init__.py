@@ -2,7 +2,8 @@
 
 * :class:`IvshmemFlat` -- ivshmem-flat (sysbus, 16-byte registers, one IRQ);
 * :class:`IvshmemPci` -- ivshmem PCI revision 1 (``ivshmem-doorbell`` with MSI-X or
-  legacy INTx, ``ivshmem-plain``).
+  legacy INTx, ``ivshmem-plain``);
+* :mod:`.attach` -- a model bound to a real ``ivhw.sw.peer.Peer``: a working peer.
 
 Every offset, access type and reset value comes from ``ivhw.sw.regmap`` (register
 windows, MSI-X table) and ``ivhw.sw.pcicfg`` (config space).
