@@ -256,6 +256,8 @@ class QemuIvshmem:
             "-accel", "tcg",
             "-S",
             "-qtest", f"unix:{qtest_socket}",
+            # without it qtest logs every command to stderr, drowning QEMU's own messages
+            "-qtest-log", "/dev/null",
             "-display", "none",
             "-nodefaults",
             "-m", "128M",
@@ -312,6 +314,10 @@ class QemuIvshmem:
             # The first reply comes only once the main loop runs, i.e. after device
             # realize, which for ivshmem-doorbell includes the server handshake.
             self.command("endianness")
+        except QtestError as error:
+            self.close()
+            kind = type(error)
+            raise kind(f"{self.device} did not come up: {error}") from None
         except BaseException:
             self.close()
             raise
@@ -381,6 +387,8 @@ class QemuIvshmem:
 
     def _with_stderr(self, message: str) -> str:
         err = self.stderr().strip()
+        if len(err) > _STDERR_TAIL:
+            err = "...\n" + err[-_STDERR_TAIL:]
         status = ""
         if self._proc is not None and self._proc.poll() is not None:
             status = f" (QEMU exited with status {self._proc.returncode})"
@@ -802,6 +810,8 @@ class QemuIvshmem:
 
 
 _WIDTH = {1: "b", 2: "w", 4: "l", 8: "q"}
+#: how much of QEMU's stderr (its end) an error message carries
+_STDERR_TAIL = 4000
 _PORT_WIDTH = {1: "b", 2: "w", 4: "l"}
 
 
