@@ -1,26 +1,27 @@
 """Our PCI register model (``IvshmemPci``) as a peer of a real ivshmem domain.
 
-A :class:`ModelPeer` joins the server with our peer library and wires the model
-to it: the model's BAR2 is the peer's mmap, a Doorbell write to the model rings
-the addressed peer's eventfd, an own eventfd that fires becomes ``model.event``,
-and peers joining or leaving update the model's peer table. The test plays
-firmware: BARs assigned, bus master on, MSI-X vectors programmed and enabled;
-delivered MSI-X messages are collected as ``(address, data)``.
+A :class:`ModelPeer` joins the server with our peer library and binds the model
+to it with ``ivhw.sw.models.attach`` (BAR2 is the peer's mmap, Doorbell writes
+ring real eventfds, own eventfds become ``model.event``, joins and departures
+reach the model's peer table). The test plays firmware: BARs assigned, bus
+master on, MSI-X vectors programmed and enabled; delivered MSI-X messages are
+collected as ``(address, data)``.
 """
 
 from __future__ import annotations
 
 import time
 
-from ivhw.sw.models.pci import IvshmemPci
-from ivhw.sw.peer import Doorbell, Peer, PeerJoined, PeerLeft, PeerVector
+from ivhw.sw.models.attach import attach_pci
+from ivhw.sw.peer import Event, Peer
 from ivhw.sw.qtest import MSIX_DATA_BASE, MSIX_RAM_BASE, PCI
 from ivhw.sw.regmap import DOORBELL, MSIX_BAR, MSIX_ENTRY, PCI_REV1_REGS
+from ivhw.sw.regscript import BAR_ADDRESSES
 
 __all__ = ["ModelPeer"]
 
-#: where the model's BARs are placed (like the QEMU harness: BAR2 above 4 GiB)
-_BARS = {0: 0xE000_1000, 1: 0xE000_0000, 2: 0x80_0000_0000}
+#: where the model's BARs are placed (the differential script's places: BAR2 above 4 GiB)
+_BARS = BAR_ADDRESSES
 
 
 class ModelPeer:
@@ -29,23 +30,11 @@ class ModelPeer:
     def __init__(self, socket_path: str, vectors: int, timeout: float = 5.0) -> None:
         self.peer = Peer(socket_path, vectors=vectors, timeout=timeout)
         self.messages: list[tuple[int, int]] = []
-        self.model = IvshmemPci(
-            doorbell=True,
-            vectors=vectors,
-            shm=self.peer.shm,
-            on_msi=lambda address, data: self.messages.append((address, data)),
-            on_doorbell=self._ring,
+        self.attached = attach_pci(
+            self.peer, on_msi=lambda address, data: self.messages.append((address, data))
         )
-        self.model.set_id(self.peer.id)
-        for other, count in self.peer.peers.items():
-            self.model.set_peer(other, count)
+        self.model = self.attached.model
         self._firmware()
-
-    def _ring(self, peer: int, vector: int) -> None:
-        try:
-            self.peer.ring(peer, vector)
-        except (KeyError, ValueError):
-            pass  # the model already ignores unknown peers; the peer may know fewer
 
     def _firmware(self) -> None:
         m = self.model
@@ -89,17 +78,9 @@ class ModelPeer:
         assert value is not None
         return value
 
-    def pump(self, timeout: float = 0.0) -> list[object]:
+    def pump(self, timeout: float = 0.0) -> list[Event]:
         """Feed what the peer saw into the model; the peer's events are returned."""
-        events = self.peer.poll(timeout)
-        for event in events:
-            if isinstance(event, Doorbell):
-                self.model.event(event.vector)
-            elif isinstance(event, PeerJoined | PeerVector):
-                self.model.set_peer(event.peer, self.peer.peers.get(event.peer, 0))
-            elif isinstance(event, PeerLeft):
-                self.model.remove_peer(event.peer)
-        return events
+        return self.attached.pump(timeout)
 
     def wait_message(self, vector: int, timeout: float = 5.0) -> bool:
         """Pump until the model delivered MSI-X ``vector`` (taken from :attr:`messages`)."""
@@ -124,4 +105,4 @@ class ModelPeer:
 
     def close(self) -> None:
         """Leave the domain."""
-        self.peer.close()
+        self.attached.close()
