@@ -302,7 +302,7 @@ class IvshmemServer:
         self._zombies: set[_Peer] = set()  # gone, eventfds still queued to someone
         self._dirty: set[_Peer] = set()  # have messages and may send now
         self._retry: set[_Peer] = set()  # waiting for ETOOMANYREFS to clear
-        self._doomed: list[tuple[_Peer, str]] = []
+        self._doomed: list[tuple[_Peer, str, int]] = []  # to drop, why, log level
         self._next_id = 0
         self._shm_fd = -1
         self._listener: socket.socket | None = None
@@ -546,14 +546,15 @@ class IvshmemServer:
                             peer,
                             f"stopped reading: {len(peer.queue)} announcement(s) pending "
                             f"for {now - peer.last_progress:.1f} s",
+                            logging.WARNING,
                         )
                     )
 
     def _flush(self) -> None:
         while self._dirty or self._doomed:
             while self._doomed:
-                peer, reason = self._doomed.pop()
-                self._drop(peer, reason, logging.WARNING)
+                peer, reason, level = self._doomed.pop()
+                self._drop(peer, reason, level)
             while self._dirty:
                 self._send_queue(self._dirty.pop())
 
@@ -590,8 +591,10 @@ class IvshmemServer:
                 peer.retry_at = now + peer.retry_delay
                 peer.retry_delay = min(peer.retry_delay * 2, _RETRY_MAX)
                 self._retry.add(peer)
+            elif e.errno in (errno.EPIPE, errno.ECONNRESET):
+                self._doomed.append((peer, "disconnected", logging.INFO))
             else:
-                self._doomed.append((peer, f"send failed: {e.strerror or e}"))
+                self._doomed.append((peer, f"send failed: {e.strerror or e}", logging.WARNING))
         if sent:
             self.messages_sent += sent
             peer.last_progress = time.monotonic()
@@ -605,7 +608,8 @@ class IvshmemServer:
         if item.kind == _VECTORS:
             item.peer.refs += 1
         if len(queue) > self.queue_limit:
-            self._doomed.append((peer, f"stopped reading: outbound queue over {self.queue_limit}"))
+            reason = f"stopped reading: outbound queue over {self.queue_limit}"
+            self._doomed.append((peer, reason, logging.WARNING))
         elif not peer.want_write and peer not in self._retry:
             self._dirty.add(peer)
 

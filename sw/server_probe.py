@@ -100,6 +100,8 @@ class RawClient:
                 pass
         except TimeoutError:
             return False
+        except ConnectionResetError:
+            pass  # closed while our data was unread: a reset, but closed all the same
         return True
 
     def close(self) -> None:

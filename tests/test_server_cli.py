@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from ivhw.sw.server import main, parse_size
 from ivhw.sw.server_probe import RawClient, ServerProcess
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from ivhw.sw.protocol import MAX_PEER_ID
 from ivhw.sw.server import IvshmemServer, pow2ceil
 from ivhw.sw.server_probe import RawClient

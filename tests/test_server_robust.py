@@ -1,0 +1,349 @@
+"""The server survives misbehaving clients, back-pressure, fd exhaustion; refusals are logged."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import ivhw.sw.server as server_module
+from ivhw.sw.server import IvshmemServer
+from ivhw.sw.server_probe import RawClient, ServerProcess, fd_count
+
+StartServer = Callable[..., IvshmemServer]
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[StartServer]:
+    """Start in-process servers in background threads; all are stopped at teardown."""
+    servers: list[IvshmemServer] = []
+
+    def start(**kwargs: object) -> IvshmemServer:
+        server = IvshmemServer(tmp_path / f"s{len(servers)}.sock", **kwargs)  # type: ignore[arg-type]
+        servers.append(server)
+        server.serve_in_background()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def clients() -> Iterator[list[RawClient]]:
+    """Raw clients to close at teardown."""
+    made: list[RawClient] = []
+    yield made
+    for client in made:
+        client.close()
+
+
+@pytest.fixture
+def shm() -> Iterator[str]:
+    """A unique POSIX shm name, removed after the test whatever happened."""
+    name = f"ivhw-test-{uuid.uuid4().hex}"
+    yield name
+    Path("/dev/shm", name).unlink(missing_ok=True)
+
+
+def connect(server: IvshmemServer, clients: list[RawClient]) -> RawClient:
+    client = RawClient(server.socket_path)
+    clients.append(client)
+    return client
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+def visit(server: IvshmemServer) -> int:
+    """A peer joins, reads its handshake and leaves; returns its ID."""
+    with RawClient(server.socket_path) as c:
+        return c.handshake()[0]
+
+
+def check_visits(messages: list[tuple[int, int]], vectors: int) -> list[int]:
+    """Check a stream of visitors' announcements; returns the IDs in order of arrival.
+
+    A departure may overtake the next arrival (the server sees the next connect
+    before the previous close), but each visitor's vectors come in one run and
+    before its departure.
+    """
+    seen: list[int] = []
+    gone: set[int] = set()
+    i = 0
+    while i < len(messages):
+        value, fds = messages[i]
+        if fds:
+            assert messages[i : i + vectors] == [(value, 1)] * vectors, messages[i : i + vectors]
+            assert value not in seen
+            seen.append(value)
+            i += vectors
+        else:
+            assert value in seen and value not in gone, (value, messages)
+            gone.add(value)
+            i += 1
+    assert gone == set(seen)
+    return seen
+
+
+def test_client_that_sends_data_is_disconnected(
+    start_server: StartServer, clients: list[RawClient]
+) -> None:
+    server = start_server(vectors=1)
+    a, b = connect(server, clients), connect(server, clients)
+    assert a.recv_n(5) == [(0, 0), (0, 0), (-1, 1), (0, 1), (1, 1)]
+    b.recv_n(5)
+    b.sock.sendall(b"hello, server")
+    # the protocol is one-way: data from a client means it is gone
+    assert a.recv_n(1) == [(1, 0)]
+    assert b.at_eof()
+    c = connect(server, clients)
+    assert c.recv_n(5) == [(0, 0), (2, 0), (-1, 1), (0, 1), (2, 1)]
+    assert a.recv_n(1) == [(2, 1)]
+
+
+def test_killed_peer_is_announced_and_others_keep_working(
+    start_server: StartServer, clients: list[RawClient]
+) -> None:
+    server = start_server(vectors=2)
+    a = connect(server, clients)
+    a.recv_n(5)
+    code = (
+        "import sys, time; from ivhw.sw.server_probe import RawClient;"
+        f"c = RawClient({server.socket_path!r}); c.recv_n(7); print('ready', flush=True);"
+        "time.sleep(60)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+        assert a.recv_n(2) == [(1, 1), (1, 1)]
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    finally:
+        child.kill()
+        child.wait()
+    assert a.recv_n(1) == [(1, 0)]
+    assert server.peer_ids == [0]
+    b = connect(server, clients)
+    assert b.handshake()[0] == 2
+
+
+def test_connect_and_leave_does_not_leak(
+    start_server: StartServer, clients: list[RawClient]
+) -> None:
+    server = start_server(vectors=4)
+    watcher = connect(server, clients)
+    watcher.recv_n(3 + 4)
+
+    def visits(times: int) -> None:
+        for _ in range(times):
+            visitor = visit(server)
+            # wait for its departure, so that the next visit cannot overtake it
+            assert watcher.recv_n(5) == [(visitor, 1)] * 4 + [(visitor, 0)]
+            for fd in watcher.fds[5:]:
+                os.close(fd)
+            del watcher.fds[5:]
+
+    visits(5)
+    wait_for(lambda: server.peer_ids == [0] and not server._zombies)
+    baseline = fd_count()
+    visits(200)
+    wait_for(lambda: server.peer_ids == [0] and not server._zombies and server.pending() == 0)
+    assert fd_count() == baseline
+    assert server._dirty == set() and server._retry == set()
+
+
+def test_peer_that_stops_reading_is_disconnected(
+    start_server: StartServer, clients: list[RawClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ivhw.sw.server")
+    server = start_server(vectors=8, stall_timeout=0.5)
+    stalled = connect(server, clients)  # never reads
+    reader = connect(server, clients)
+    reader.recv_n(3 + 16)
+    # each visit sends 9 messages to both: enough to fill the stalled peer's socket
+    deadline = time.monotonic() + 20
+    messages: list[tuple[int, int]] = []
+    while (0, 0) not in messages:
+        assert time.monotonic() < deadline, "stalled peer was never disconnected"
+        visitor = visit(server)
+        while (visitor, 0) not in messages[-9:]:
+            messages += reader.recv_n(1)
+            for fd in reader.fds[19:]:
+                os.close(fd)
+            del reader.fds[19:]
+        if server.write_waits:
+            time.sleep(0.05)
+    messages.remove((0, 0))
+    check_visits(messages, 8)
+    assert server.write_waits > 0
+    assert any("peer 0 stopped reading" in r.getMessage() for r in caplog.records)
+    assert any(r.levelno == logging.WARNING for r in caplog.records)
+    # the stalled client finds the connection closed after what had been delivered
+    assert stalled.at_eof()
+    c = connect(server, clients)
+    c.handshake()
+    assert reader.recv_n(8)[0][1] == 1
+
+
+def test_departed_peers_queued_fds_are_still_delivered(
+    start_server: StartServer, clients: list[RawClient]
+) -> None:
+    server = start_server(vectors=8, stall_timeout=None)
+    slow = connect(server, clients)  # does not read for now
+    wait_for(lambda: server.peer_ids == [0])
+    baseline = fd_count()
+    cycles = 0
+    while not server.write_waits:
+        visit(server)
+        cycles += 1
+        assert cycles < 1000
+    # now the slow peer's socket is full: a peer joins and leaves while queued for it
+    late = connect(server, clients)
+    late_id, _shm = late.handshake()
+    late.close()
+    clients.remove(late)
+    wait_for(lambda: server.peer_ids == [0])
+    assert server._zombies, "the departed peer's eventfds should wait for the slow reader"
+    assert fd_count() > baseline
+    # everything arrives: vectors of each visitor, then its departure
+    assert slow.recv_n(3 + 8) == [(0, 0), (0, 0), (-1, 1)] + [(0, 1)] * 8
+    messages = []
+    for _ in range(cycles + 1):
+        messages += slow.recv_n(9)
+        for fd in slow.fds[9:]:
+            os.close(fd)
+        del slow.fds[9:]
+    assert check_visits(messages, 8) == [*range(1, cycles + 1), late_id]
+    wait_for(lambda: not server._zombies and server.pending() == 0)
+    for fd in slow.fds:
+        os.close(fd)
+    slow.fds.clear()
+    assert fd_count() == baseline
+
+
+def test_too_many_fds_in_flight_is_retried(
+    start_server: StartServer, clients: list[RawClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_send = server_module.send_message
+    calls = {"fd": 0}
+
+    def flaky_send(sock: socket.socket, value: int, fd: int | None = None) -> None:
+        if fd is not None:
+            calls["fd"] += 1
+            if calls["fd"] % 3 == 0:
+                raise OSError(errno.ETOOMANYREFS, os.strerror(errno.ETOOMANYREFS))
+        real_send(sock, value, fd)
+
+    monkeypatch.setattr(server_module, "send_message", flaky_send)
+    server = start_server(vectors=3)
+    a, b, c = (connect(server, clients) for _ in range(3))
+    assert a.recv_n(3 + 9) == [(0, 0), (0, 0), (-1, 1)] + [(0, 1)] * 3 + [(1, 1)] * 3 + [(2, 1)] * 3
+    assert b.recv_n(3 + 9) == [(0, 0), (1, 0), (-1, 1)] + [(0, 1)] * 3 + [(1, 1)] * 3 + [(2, 1)] * 3
+    assert c.recv_n(3 + 9) == [(0, 0), (2, 0), (-1, 1)] + [(0, 1)] * 3 + [(1, 1)] * 3 + [(2, 1)] * 3
+    assert server.fd_retries > 0
+
+
+def test_max_peers_refuses_and_logs(
+    start_server: StartServer, clients: list[RawClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ivhw.sw.server")
+    server = start_server(vectors=1, max_peers=2)
+    a, b = connect(server, clients), connect(server, clients)
+    a.recv_n(5)
+    b.recv_n(5)
+    refused = connect(server, clients)
+    assert refused.recv() is None  # closed without a word
+    assert server.refused == 1
+    assert any("--max-peers" in r.getMessage() for r in caplog.records)
+    b.close()
+    assert a.recv_n(1) == [(1, 0)]
+    assert connect(server, clients).handshake()[0] == 2
+
+
+@pytest.mark.parametrize("allowed", [True, False])
+def test_allow_uid_and_gid_use_peer_credentials(
+    start_server: StartServer,
+    clients: list[RawClient],
+    caplog: pytest.LogCaptureFixture,
+    allowed: bool,
+) -> None:
+    caplog.set_level(logging.INFO, logger="ivhw.sw.server")
+    uid, gid = os.getuid(), os.getgid()
+    if allowed:
+        server = start_server(allow_uids=[uid + 1], allow_gids=[gid])
+        assert connect(server, clients).handshake()[0] == 0
+    else:
+        server = start_server(allow_uids=[uid + 1], allow_gids=[gid + 1])
+        assert connect(server, clients).recv() is None
+        assert any(f"uid {uid} / gid {gid} not allowed" in r.getMessage() for r in caplog.records)
+
+
+def _low_fd_limit(limit: int) -> Callable[[], None]:
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    return apply
+
+
+@pytest.mark.parametrize(
+    ("vectors", "reason"),
+    [(8, "cannot create its eventfds"), (0, "out of file descriptors")],
+)
+def test_out_of_fds_refuses_the_new_peer_only(
+    tmp_path: Path, shm: str, vectors: int, reason: str
+) -> None:
+    path = tmp_path / "lim.sock"
+    with ServerProcess(
+        path, ["-M", shm, "-n", str(vectors)], tmp_path / "log", preexec_fn=_low_fd_limit(40)
+    ) as server:
+        admitted: list[RawClient] = []
+        try:
+            for _ in range(60):
+                client = RawClient(path)
+                first = client.recv()
+                if first is None:
+                    client.close()
+                    break
+                client.recv_n(2 + vectors * (len(admitted) + 1))
+                for earlier in admitted:
+                    assert earlier.recv_n(vectors) == [(len(admitted), 1)] * vectors
+                admitted.append(client)
+            else:
+                raise AssertionError("the server never ran out of fds")
+            assert len(admitted) >= 2
+            wait_for(lambda: reason in server.log())
+            assert "refused a connection" in server.log()
+            # existing peers are unaffected: a departure reaches them, and a new peer fits
+            admitted.pop().close()
+            gone = len(admitted)
+            for client in admitted:
+                assert client.recv_n(1) == [(gone, 0)]
+            newcomer = RawClient(path)
+            new_id = newcomer.handshake()[0]
+            assert new_id > gone
+            for client in admitted:
+                assert client.recv_n(vectors) == [(new_id, 1)] * vectors
+            admitted.append(newcomer)
+        finally:
+            for client in admitted:
+                client.close()
+        assert server.stop() == 0
+        assert "Traceback" not in server.log()
