@@ -16,7 +16,8 @@ Accesses follow QEMU's memory core for a window registered with ``.impl``
 with the byte enables standing for the access size:
 
 - outside both windows: DECERR, no effect, reads 0;
-- register window, address bits 1:0 not zero, or byte enables that no CPU
+- register window, address bits 1:0 not zero (neither front-end produces
+  this; a future one might), or byte enables that no CPU
   access produces (three bytes, holes, two bytes at lane 1): the access QEMU
   rejects as unaligned. SLVERR, no effect, reads 0, counted in ``bad_access``;
 - register window, byte enables 0: OKAY, no effect;
@@ -31,7 +32,8 @@ with the byte enables standing for the access size:
 - shared memory: address bits 1:0 not zero: SLVERR, no effect; otherwise
   reads return the whole word, writes pass the byte enables. OKAY.
 
-AXI4-Lite reads carry no byte enables: the AXI front-end reads the whole
+AXI4-Lite reads carry no byte enables and its addresses' bits 1:0 are dropped
+by the front-end (WSTRB decides a write): the AXI front-end reads the whole
 word, so a master that extracts byte 1 of IVPOSITION sees that byte, where
 QEMU's byte read at 09h returns 0 (see :mod:`ivhw.hdl.bus.axil`).
 
@@ -264,11 +266,11 @@ class IvshmemFlat(wiring.Component):
                             finish(Response.SLVERR)
                         with m.Else():
                             m.next = "SHM_REQUEST"
-                    with m.Elif(bus.sel == 0):
-                        finish(Response.OKAY)
-                    with m.Elif(unaligned | ~cpu_access):
+                    with m.Elif(unaligned | ((bus.sel != 0) & ~cpu_access)):
                         m.d.sync += bad_access.eq(bad_access + 1)
                         finish(Response.SLVERR)
+                    with m.Elif(bus.sel == 0):
+                        finish(Response.OKAY)
                     with m.Else():
                         with m.Switch(reg_index):
                             for reg in FLAT_REGS:

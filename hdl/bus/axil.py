@@ -6,10 +6,17 @@ own bus addresses (for ivshmem-flat: registers at 0, shared memory at
 ``ARADDR`` are byte addresses as wide as the device's bus; a board top that
 places the device elsewhere strips its base address first.
 
-Responses: OKAY; SLVERR for an unaligned address (bits 1:0 not zero: the
-device is there but QEMU refuses unaligned accesses); DECERR for an address
-outside both windows. A sub-word write is a full-width write with partial
-``WSTRB``; reads are always full words (AXI4-Lite has no read size).
+Accesses: AXI says ``WSTRB`` names the bytes written and an AXI4-Lite read
+is always full width, so the front-end drops bits 1:0 of ``AWADDR`` and
+``ARADDR`` and hands the device the word with its byte enables (reads: all
+four). A sub-word write is thus judged by its strobes alone, like a PCIe
+write by its byte enables: the strobe patterns a CPU access produces (1, 2 or
+4 bytes aligned to their size) are done, the others (three bytes, holes, two
+bytes at lane 1) are QEMU's unaligned accesses and answered SLVERR. A
+sub-word read returns the whole word, so a master that extracts byte 1 of
+IVPOSITION sees that byte, where QEMU's byte read at 09h returns 0 (AXI4-Lite
+carries no read size to tell the two apart). An address outside both windows
+is answered DECERR.
 
 The slave takes a write when ``AWVALID`` and ``WVALID`` are both high (AXI
 lets a slave wait for both before raising either ready) and alternates
@@ -22,7 +29,7 @@ One transaction is in flight at a time.
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Cat, Const, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -124,7 +131,7 @@ class AXI4LiteFrontEnd(wiring.Component):
                     m.d.sync += [
                         bus.stb.eq(1),
                         bus.we.eq(1),
-                        bus.addr.eq(axil.awaddr),
+                        bus.addr.eq(Cat(Const(0, 2), axil.awaddr[2:])),
                         bus.w_data.eq(axil.wdata),
                         bus.sel.eq(axil.wstrb),
                         write_first.eq(0),
@@ -134,7 +141,7 @@ class AXI4LiteFrontEnd(wiring.Component):
                     m.d.sync += [
                         bus.stb.eq(1),
                         bus.we.eq(0),
-                        bus.addr.eq(axil.araddr),
+                        bus.addr.eq(Cat(Const(0, 2), axil.araddr[2:])),
                         bus.sel.eq(0b1111),
                         write_first.eq(1),
                     ]

@@ -1,0 +1,134 @@
+"""ivshmem-flat RTL on Icarus and Verilator through cocotb, against the model.
+
+The cocotb tests live in ``tests/hdl/flat_tb.py``. One toplevel carries the
+device twice (behind AXI4-Lite and behind Wishbone), so each simulator builds
+once per parameter set: into ``build/hdl/flat/<sim>-<params>-<hash>``, under an
+exclusive file lock, skipped when a build of the same Verilog already exists
+(pytest-xdist workers and later sessions share it). ``WAVES=1`` records
+waveforms (in the test's tmp directory); ``IVHW_SEED=N`` reruns one seed of the
+random tests.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from amaranth.back import verilog
+from amaranth.lib import wiring
+from amaranth.lib.wiring import Out
+from support import require_tool
+
+from ivhw.hdl.bus.axil import AXI4LiteFrontEnd
+from ivhw.hdl.bus.wishbone import WishboneFrontEnd
+from ivhw.hdl.flat import IvshmemFlat
+
+__all__: list[str] = []
+
+ROOT = Path(__file__).resolve().parent.parent
+TB_DIR = Path(__file__).resolve().parent / "hdl"
+TOPLEVEL = "flat_bench"
+#: small shared memory so that the unmapped hole and both windows are quick to reach;
+#: a 2-deep doorbell FIFO so that stalls come early.
+PARAMS = {"vectors": 4, "shm_size": 4096, "doorbell_depth": 2, "irq_backlog": 15}
+SIMULATORS = [
+    pytest.param("icarus", marks=pytest.mark.icarus),
+    pytest.param("verilator", marks=pytest.mark.verilator),
+]
+TESTS = ["directed", "random_sequence", "doorbells_stalled", "events_during_accesses"]
+
+
+class FlatBench(wiring.Component):
+    """Test toplevel: ``axi`` = the device behind AXI4-Lite, ``wb`` = behind Wishbone."""
+
+    def __init__(self, **params: int) -> None:
+        self._axi = AXI4LiteFrontEnd(IvshmemFlat(**params))
+        self._wb = WishboneFrontEnd(IvshmemFlat(**params))
+        super().__init__({"axi": Out(self._axi.signature), "wb": Out(self._wb.signature)})
+
+    def elaborate(self, platform: object) -> wiring.Module:  # type: ignore[name-defined]
+        from amaranth.hdl import Module
+
+        m = Module()
+        m.submodules.axi = self._axi
+        m.submodules.wb = self._wb
+        wiring.connect(m, wiring.flipped(self.axi), self._axi)
+        wiring.connect(m, wiring.flipped(self.wb), self._wb)
+        return m
+
+
+def _waves() -> bool:
+    return os.environ.get("WAVES") == "1"
+
+
+# Yosys makes every ``always @*`` block read a dummy ``reg ... = 0`` so that simulators
+# run it once at time 0; Icarus 11 applies that initializer without an event, so a
+# combinational output whose inputs never change (a state register sitting at its
+# reset value) stays X. For Icarus only, toggle the dummy after 1 ns.
+_TRIGGER = re.compile(r"^(\s*)reg (\\\$auto\$verilog_backend\S+)\s+= 0;$", re.MULTILINE)
+
+
+def _icarus_kick(text: str) -> str:
+    return _TRIGGER.sub(r"\1reg \2 = 0;\n\1initial #1 \2 = 1;", text)
+
+
+def _build(simulator: str) -> tuple[object, Path]:
+    """The runner and build directory of ``simulator``, building at most once."""
+    from cocotb_tools.runner import get_runner
+
+    text = verilog.convert(FlatBench(**PARAMS), name=TOPLEVEL)
+    if simulator == "icarus":
+        text = _icarus_kick(text)
+    key = hashlib.sha256(f"{text}{_waves()}".encode()).hexdigest()[:12]
+    tag = "-".join(f"{k}{v}" for k, v in PARAMS.items())
+    build_dir = ROOT / "build" / "hdl" / "flat" / f"{simulator}-{tag}-{key}"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    runner = get_runner(simulator)
+    with open(build_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        stamp = build_dir / ".built"
+        source = build_dir / f"{TOPLEVEL}.v"
+        if not stamp.exists():
+            source.write_text(text)
+            runner.build(
+                sources=[source],
+                hdl_toplevel=TOPLEVEL,
+                build_dir=build_dir,
+                build_args=["-Wno-fatal", "-Wno-lint"] if simulator == "verilator" else [],
+                timescale=("1ns", "1ps"),
+                waves=_waves(),
+                log_file=build_dir / "build.log",
+            )
+            stamp.touch()
+    return runner, build_dir
+
+
+@pytest.mark.parametrize("test", TESTS)
+@pytest.mark.parametrize("simulator", SIMULATORS)
+def test_flat(simulator: str, test: str, tmp_path: Path) -> None:
+    require_tool("iverilog" if simulator == "icarus" else "verilator")
+    runner, build_dir = _build(simulator)
+    if str(TB_DIR) not in sys.path:
+        sys.path.insert(0, str(TB_DIR))  # the runner passes sys.path on as PYTHONPATH
+    env = {"IVHW_FLAT_PARAMS": json.dumps(PARAMS)}
+    for name in ("IVHW_SEED", "IVHW_RANDOM_OPS"):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    runner.test(  # type: ignore[attr-defined]
+        test_module="flat_tb",
+        hdl_toplevel=TOPLEVEL,
+        hdl_toplevel_lang="verilog",  # needed when this process did not run build()
+        build_dir=build_dir,
+        test_dir=tmp_path,
+        test_filter=f"^flat_tb\\.{test}\\b",
+        extra_env=env,
+        waves=_waves(),
+        timescale=("1ns", "1ps"),
+        log_file=tmp_path / "sim.log",
+    )
