@@ -25,8 +25,9 @@ import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from types import TracebackType
-from typing import TypeAlias
+from typing import NoReturn, TypeAlias
 
 from .protocol import MAX_PEER_ID, MAX_VECTORS, PROTOCOL_VERSION, SHM_MESSAGE_ID, recv_message
 
@@ -119,13 +120,22 @@ def _wake(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def _matcher(predicate: Predicate) -> Callable[[Event], bool]:
+def _matcher(predicate: Predicate) -> Callable[[Event], bool] | None:
+    """``None`` matches everything; a type or tuple of types matches by isinstance."""
     if predicate is None:
-        return lambda event: True
+        return None
     if isinstance(predicate, type | tuple):
-        kinds = predicate
-        return lambda event: isinstance(event, kinds)
+        return _type_matchers.get(predicate) or partial(_is_instance, kinds=predicate)
     return predicate
+
+
+def _is_instance(event: Event, kinds: type | tuple[type, ...]) -> bool:
+    return isinstance(event, kinds)
+
+
+_type_matchers: dict[object, Callable[[Event], bool]] = {
+    kind: partial(_is_instance, kinds=kind) for kind in (Doorbell, PeerJoined, PeerVector, PeerLeft)
+}
 
 
 class Peer:
@@ -209,7 +219,8 @@ class Peer:
         self._server_gone = False
         self._own_fds: list[int] = []
         self._own_received = 0
-        self._vector_of_fd: dict[int, int] = {}
+        # own fd -> Doorbell(vector, 1): frozen, so the common single ring reuses one object
+        self._bell_of_fd: dict[int, Doorbell] = {}
         self._peer_fds: dict[int, list[int]] = {}
         self._pending: collections.deque[Event] = collections.deque()
         self._sock: socket.socket | None = None
@@ -375,7 +386,7 @@ class Peer:
             return
         assert self._epoll is not None
         self._epoll.register(fd, select.EPOLLIN)
-        self._vector_of_fd[fd] = self.vectors
+        self._bell_of_fd[fd] = Doorbell(self.vectors, 1)
         self._own_fds.append(fd)
         self.vectors += 1
 
@@ -427,15 +438,17 @@ class Peer:
 
     def _handle(self, ready: list[tuple[int, int]]) -> None:
         """Turn ready fds into queued events."""
-        vector_of_fd = self._vector_of_fd
+        bell_of_fd = self._bell_of_fd
         for fd, _mask in ready:
-            vector = vector_of_fd.get(fd)
-            if vector is not None:
+            bell = bell_of_fd.get(fd)
+            if bell is not None:
                 try:
                     data = os.read(fd, 8)
                 except BlockingIOError:  # the server may hand out non-blocking eventfds
                     continue
-                self._pending.append(Doorbell(vector, int.from_bytes(data, "little")))
+                if data != _ONE:
+                    bell = Doorbell(bell.vector, int.from_bytes(data, "little"))
+                self._pending.append(bell)
             else:
                 self._server_message()
 
@@ -463,20 +476,21 @@ class Peer:
 
     def ring(self, peer: int, vector: int) -> None:
         """Ring ``peer`` on ``vector``: write 1 to its eventfd (``self.id`` rings yourself)."""
-        self._check_open()
-        if peer == self.id:
-            fds = self._own_fds
-        else:
-            try:
-                fds = self._peer_fds[peer]
-            except KeyError:
-                known = ", ".join(map(str, sorted(self._peer_fds))) or "none"
-                raise KeyError(f"no peer {peer} (known peers: {known})") from None
-        if not 0 <= vector < len(fds):
-            raise ValueError(
-                f"peer {peer} has no vector {vector}: it has {len(fds)} (0..{len(fds) - 1})"
-            )
+        # the doorbell round trip is this library's hot path: check cheaply, explain lazily
+        fds = self._own_fds if peer == self.id else self._peer_fds.get(peer)
+        if fds is None or not 0 <= vector < len(fds) or self._closed:
+            self._ring_error(peer, vector)
         os.write(fds[vector], _ONE)
+
+    def _ring_error(self, peer: int, vector: int) -> NoReturn:
+        self._check_open()
+        fds = self._own_fds if peer == self.id else self._peer_fds.get(peer)
+        if fds is None:
+            known = ", ".join(map(str, sorted(self._peer_fds))) or "none"
+            raise KeyError(f"no peer {peer} (known peers: {known})")
+        raise ValueError(
+            f"peer {peer} has no vector {vector}: it has {len(fds)} (0..{len(fds) - 1})"
+        )
 
     def poll(self, timeout: float | None = 0) -> list[Event]:
         """Process everything pending and return its events; wait up to ``timeout`` for one."""
@@ -492,8 +506,10 @@ class Peer:
         self._pending.clear()
         return events
 
-    def _take(self, match: Callable[[Event], bool]) -> Event | None:
+    def _take(self, match: Callable[[Event], bool] | None) -> Event | None:
         pending = self._pending
+        if match is None:
+            return pending.popleft() if pending else None
         for index, event in enumerate(pending):
             if match(event):
                 del pending[index]
@@ -505,24 +521,46 @@ class Peer:
 
         Raises ``TimeoutError`` when none arrives within ``timeout`` seconds.
         """
-        epoll = self._check_open()
-        match = _matcher(predicate)
-        event = self._take(match)
-        if event is not None:
-            return event
+        epoll = self._epoll
+        if epoll is None or self._closed:
+            self._check_open()
+        match = None if predicate is None else _matcher(predicate)
+        pending = self._pending
+        if pending:
+            event = self._take(match)
+            if event is not None:
+                return event
         deadline = None if timeout is None else time.monotonic() + timeout
+        bell_of_fd = self._bell_of_fd
         while True:
             if deadline is None:
-                ready = epoll.poll(-1)
+                ready = epoll.poll()
             else:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError(f"no matching ivshmem event within {timeout:g} s")
                 ready = epoll.poll(remaining)
+            # hot path: one own doorbell, returned without a trip through the queue (what
+            # is queued here matched nothing, so order among matching events is kept)
+            if len(ready) == 1:
+                fd = ready[0][0]
+                bell = bell_of_fd.get(fd)
+                if bell is not None:
+                    try:
+                        data = os.read(fd, 8)
+                    except BlockingIOError:  # the server may hand out non-blocking eventfds
+                        continue
+                    if data != _ONE:
+                        bell = Doorbell(bell.vector, int.from_bytes(data, "little"))
+                    if match is None or predicate is Doorbell or match(bell):
+                        return bell
+                    pending.append(bell)
+                    continue
             self._handle(ready)
-            event = self._take(match)
-            if event is not None:
-                return event
+            if pending:
+                event = self._take(match)
+                if event is not None:
+                    return event
 
     async def wait_async(self, predicate: Predicate = None, timeout: float | None = None) -> Event:
         """Like :meth:`wait`, for asyncio: waits with ``loop.add_reader`` on :meth:`fileno`."""
@@ -565,7 +603,7 @@ class Peer:
             self.shm_fd = -1
         _close_all(fds)
         self._own_fds.clear()
-        self._vector_of_fd.clear()
+        self._bell_of_fd.clear()
         self._peer_fds.clear()
         self.peers.clear()
         self._pending.clear()
