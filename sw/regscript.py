@@ -608,3 +608,70 @@ class ModelTarget:
         """MSI-X messages the model sent since the last call."""
         found, self._messages = self._messages, []
         return found
+
+
+def record_qemu(
+    vectors: int = 2, *, plain: bool = False, timeout: float = 10.0
+) -> tuple[list[Op], list[Result]]:
+    """Play the script against a fresh QEMU 7.2 and return ``(script, results)``.
+
+    The doorbell device joins a private ``ivhw.sw.server.IvshmemServer`` and
+    rings itself for the script's events; needs ``qemu-system-x86_64``.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    from .server import IvshmemServer
+
+    if plain:
+        script = plain_script()
+        with QemuIvshmem(timeout=timeout) as vm:
+            return script, run(script, QemuTarget(vm))
+    workdir = tempfile.mkdtemp(prefix="ivhw-rs-")
+    try:
+        path = os.path.join(workdir, "ivs.sock")
+        server = IvshmemServer(path, shm_size=1 << 20, vectors=vectors)
+        server.serve_in_background()
+        try:
+            with QemuIvshmem(server_socket=path, vectors=vectors, timeout=timeout) as vm:
+                script = doorbell_script(vectors, server.peer_ids[-1])
+                return script, run(script, QemuTarget(vm))
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m ivhw.sw.regscript``: print QEMU's results, or its differences to the model."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m ivhw.sw.regscript",
+        description="Run the register differential script against QEMU 7.2 (qtest).",
+    )
+    parser.add_argument("--plain", action="store_true", help="ivshmem-plain instead of doorbell")
+    parser.add_argument("--vectors", type=int, default=2, help="MSI-X vectors (default 2)")
+    parser.add_argument(
+        "--model", action="store_true", help="print only the differences to our PCI model"
+    )
+    args = parser.parse_args(argv)
+    if not 1 <= args.vectors <= _MSG_WINDOW_VECTORS:
+        parser.error(f"--vectors must be 1..{_MSG_WINDOW_VECTORS}")
+    script, results = record_qemu(args.vectors, plain=args.plain)
+    if not args.model:
+        print(format_results(script, results))
+        return 0
+    from .models.pci import IvshmemPci
+
+    model = IvshmemPci(doorbell=not args.plain, vectors=args.vectors, shm_size=1 << 20)
+    if not args.plain:
+        model.set_id(int(results[[op.name for op in script].index("bar0.reset.08")] or 0))
+    differences = compare(script, results, run(script, ModelTarget(model)))
+    print("\n".join(differences) if differences else "no differences")
+    return 1 if differences else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -31,6 +31,7 @@ from ivhw.sw.regscript import (
     compare,
     doorbell_script,
     plain_script,
+    record_qemu,
     run,
 )
 
@@ -143,6 +144,18 @@ def check(qemu: Recorded, results: list[Result], documented: dict[str, str]) -> 
     stale = sorted(set(documented) - differing)
     assert not undocumented, "QEMU and the model differ:\n" + "\n".join(undocumented)
     assert not stale, f"documented differences that no longer occur: {stale}"
+
+
+@pytest.mark.parametrize("vectors", [1, 7])
+def test_model_matches_qemu_other_vector_counts(vectors: int) -> None:
+    """Table size, PBA bits and the last vector's mask follow the vector count in both."""
+    require_tool("qemu-system-x86_64")
+    script, results = record_qemu(vectors)
+    model = IvshmemPci(doorbell=True, vectors=vectors, shm_size=SHM_SIZE)
+    peer_id = results[[op.name for op in script].index("bar0.reset.08")]
+    assert isinstance(peer_id, int)
+    model.set_id(peer_id)
+    check(Recorded(peer_id, script, results), run(script, ModelTarget(model)), DOCUMENTED)
 
 
 @pytest.fixture(scope="module")
