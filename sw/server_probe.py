@@ -162,16 +162,23 @@ class CountingSwarm:
         self.vectors = vectors
         self._clients: list[_Counted] = []
 
-    def run(self, timeout: float = 120.0) -> SwarmResult:
-        """Connect all clients, read until each has seen everything or ``timeout``."""
+    def run(self, timeout: float = 120.0, idle: float | None = None) -> SwarmResult:
+        """Connect all clients, read until each has seen everything or ``timeout``.
+
+        With ``idle``, also give up once nothing has arrived for that many seconds
+        (for servers that lose messages).
+        """
         selector = selectors.DefaultSelector()
         start = time.monotonic()
         deadline = start + timeout
         clients = self._clients
+        last_arrival = start
         try:
             pending = 0
             connected = 0
-            while time.monotonic() < deadline:
+            while (now := time.monotonic()) < deadline:
+                if idle is not None and connected == self.peers and now - last_arrival > idle:
+                    break
                 if connected < self.peers:
                     # connect in small batches so that joins interleave with reading
                     for _ in range(min(8, self.peers - connected)):
@@ -185,12 +192,13 @@ class CountingSwarm:
                         pending += 1
                 elif pending == 0:
                     break
-                for key, _mask in selector.select(0.5 if connected == self.peers else 0):
+                for key, _mask in selector.select(0.1 if connected == self.peers else 0):
                     client = key.data
+                    last_arrival = time.monotonic()
                     if self._drain(client):
                         pending -= 1
                         selector.unregister(client.sock)
-            seconds = time.monotonic() - start
+            seconds = (last_arrival if pending else time.monotonic()) - start
         finally:
             selector.close()
         errors = [f"client {c.id}: {c.error}" for c in clients if c.error]
@@ -202,7 +210,7 @@ class CountingSwarm:
                     errors.append(f"client {c.id}: peers announced in order {c.runs[:8]}...")
             complete = not errors
         if not complete and not errors:
-            errors.append(f"{pending} client(s) incomplete after {timeout} s")
+            errors.append(f"{pending} client(s) incomplete after {seconds:.1f} s")
         return SwarmResult(
             self.peers,
             self.vectors,
@@ -213,7 +221,11 @@ class CountingSwarm:
         )
 
     def _drain(self, client: _Counted) -> bool:
-        """Read what is there; True once the client has everything (or failed)."""
+        """Read what is there; True once the client has everything or the stream ended.
+
+        After a wrong message the client keeps counting (to measure what a lossy
+        server delivers) but can no longer complete.
+        """
         want = self.peers
         vectors = self.vectors
         while True:
@@ -248,11 +260,12 @@ class CountingSwarm:
                         client.run_len = 1
                     else:
                         ok = False
-            if not ok:
+            if not ok and not client.error:
                 client.error = (
                     f"unexpected message {client.messages}: {value} with {len(fds)} fd(s)"
                 )
-                return True
+            if client.error:
+                continue
             if client.state < 3:
                 client.state += 1
             if client.state == 3 and (

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -92,3 +94,20 @@ def test_thousand_visits_leak_no_fds_or_memory(tmp_path: Path, shm: str) -> None
         # the one long-lived peer never noticed anything but visitors
         with RawClient(path) as last:
             assert last.handshake()[0] == 1051
+
+
+def test_join_benchmark_runs() -> None:
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.server_join", "--peers", "4", "--vectors", "1,2"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ivhw")]
+    assert [row[:16] for row in rows] == ["| ivhw | 4 | 1 |", "| ivhw | 4 | 2 |"]
+    # 4 peers: 4 x (3 + 4 x V) messages, all verified
+    assert "| 28 / 28 | yes |" in rows[0] and "| 44 / 44 | yes |" in rows[1]
+    assert "| qemu-style | 4 | 2 |" in result.stdout
