@@ -69,7 +69,10 @@ def test_every_simultaneous_requester_is_served(server: IvshmemServer) -> None:
     with Peer(server.socket_path, vectors=2) as responder_peer:
         hosts = [Peer(server.socket_path, vectors=2) for _ in range(4)]
         try:
-            responder_peer.poll(0.2)  # learn about the hosts
+            deadline = time.monotonic() + 10
+            while len(responder_peer.peers) < len(hosts):  # learn about every host
+                responder_peer.poll(max(0.0, deadline - time.monotonic()))
+                assert time.monotonic() < deadline, "the responder never saw every host join"
             for n, host in enumerate(hosts):
                 box = echo.outbox(host.id)
                 struct.pack_into("<I", host.memory, box, responder_peer.id)
