@@ -109,6 +109,31 @@ def _build(simulator: str) -> tuple[object, Path]:
     return runner, build_dir
 
 
+@pytest.mark.parametrize(
+    "params, error, message",
+    [
+        ({"vectors": 0}, ValueError, "vectors must be 1..64, not 0"),
+        ({"vectors": 65}, ValueError, "vectors must be 1..64, not 65"),
+        ({"vectors": "4"}, TypeError, "vectors must be an integer, not '4'"),
+        ({"vectors": True}, TypeError, "vectors must be an integer, not True"),
+        ({"shm_size": 8}, ValueError, "shm_size must be >= 16, not 8"),
+        ({"shm_size": 3 << 10}, ValueError, "shm_size must be a power of two, not 3072"),
+        ({"doorbell_depth": 0}, ValueError, "doorbell_depth must be >= 1, not 0"),
+        ({"irq_backlog": 1.5}, TypeError, "irq_backlog must be an integer, not 1.5"),
+    ],
+)
+def test_parameters_validated(params: dict[str, object], error: type, message: str) -> None:
+    with pytest.raises(error, match=re.escape(message)):
+        IvshmemFlat(**params)  # type: ignore[arg-type]
+
+
+def test_front_ends_need_a_bus() -> None:
+    with pytest.raises(TypeError, match="must have a bus"):
+        AXI4LiteFrontEnd(object())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="must have a bus"):
+        WishboneFrontEnd(object())  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("test", TESTS)
 @pytest.mark.parametrize("simulator", SIMULATORS)
 def test_flat(simulator: str, test: str, tmp_path: Path) -> None:

@@ -334,7 +334,10 @@ class TB:
     def doorbell_word(self) -> int:
         peers = list(self.transport.peers) + list(UNKNOWN_PEERS)
         peer = self.rng.choice(peers)
-        vector = self.rng.choice((0, 1, 2, 3, 63, 64, 65, 0x100, 0xFFFF, self.rng.randrange(70)))
+        count = self.transport.peers.get(peer, 1)
+        vector = self.rng.choice(
+            (0, count - 1, count, count + 1, 63, 64, 0x100, 0xFFFF, self.rng.randrange(70))
+        )
         return DOORBELL.pack(peer, vector)
 
     def random_op(self) -> Op:
