@@ -1,0 +1,707 @@
+"""The cocotb side of the co-simulation bridge: the simulated device as a real ivshmem peer.
+
+``ivshmem-cosim`` runs this module as the cocotb test of the device's simulation.
+It joins the ivshmem server through :class:`ivhw.sw.peer.Peer` and becomes the
+device's transport (``ivhw.hdl.transport``):
+
+- ``mem``: served from the peer's mapping of the shared memory, so a simulated
+  write is seen by every other peer at once, and a read sees their writes;
+- ``doorbell``: each outbound doorbell is written to the target peer's eventfd
+  (``Peer.ring``) in the cycle it leaves the device;
+- ``event``: own eventfds become events, through a queue that honours
+  ``ready`` (nothing is lost while the device back-pressures; a counter above 1,
+  i.e. coalesced rings, is still one event and so one interrupt);
+- ``peers``: answered from ``Peer.peers`` (and the own ID with its vectors);
+- ``ident``: the own peer ID from the handshake.
+
+Waiting. The simulator is single-threaded and simulated time means nothing
+while the guest waits for an interrupt and the device is idle, so then the
+bridge blocks in ``epoll`` on ``Peer.fileno()`` (in slices of ``_BLOCK_SLICE``
+seconds, to notice a stop request) and the process sleeps. An eventfd that fires
+wakes it at once; the event enters the device in the next cycle. While anything
+is active (bus traffic, doorbells, events queued, the guest computing) the
+bridge polls the fds without blocking every ``IVHW_COSIM_POLL_CYCLES`` cycles
+(default 32), which bounds the wake latency while busy to that many cycles.
+
+The run ends when the guest returns, on SIGTERM/SIGINT, after
+``IVHW_COSIM_SECONDS``, or when the server goes away (exit status 3). The
+outcome and the bridge's latency statistics go to the JSON file named by
+``IVHW_COSIM_STATUS`` for the CLI.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib
+import json
+import os
+import select
+import signal
+import struct
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import cocotb
+from cocotb.clock import Clock
+from cocotb.triggers import Event as SimEvent
+from cocotb.triggers import RisingEdge
+
+from ..sw.peer import Doorbell, Peer, PeerJoined, PeerLeft, ServerGone
+from ..sw.regmap import DOORBELL, FLAT_REGS, MAX_VECTORS
+from .guest import BusError, Guest, GuestFunction
+
+__all__ = ["AxiLiteBus", "Bridge", "BridgeConfig", "load_guest"]
+
+#: Seconds one blocking wait lasts before the bridge re-checks its stop conditions.
+_BLOCK_SLICE = 0.2
+#: Cycles without transport activity before the device counts as idle.
+_QUIET_CYCLES = 8
+#: Latency samples kept for the statistics.
+_MAX_SAMPLES = 100_000
+
+STATUS_OK = 0
+STATUS_FAILED = 1
+STATUS_SERVER_GONE = 3
+STATUS_JOIN_FAILED = 4
+
+
+@dataclass
+class BridgeConfig:
+    """What the CLI passes through the environment (``IVHW_COSIM_*``)."""
+
+    socket: str
+    device: str = "flat"
+    vectors: int = 1
+    shm_size: int = 4 << 20
+    guest: str = "echo"
+    guest_args: dict[str, str] = field(default_factory=dict)
+    status_file: str | None = None
+    poll_cycles: int = 32
+    seconds: float | None = None
+
+    @classmethod
+    def from_env(cls) -> BridgeConfig:
+        """Read the configuration the CLI left in the environment."""
+        env = os.environ
+        seconds = env.get("IVHW_COSIM_SECONDS")
+        return cls(
+            socket=env["IVHW_COSIM_SOCKET"],
+            device=env.get("IVHW_COSIM_DEVICE", "flat"),
+            vectors=int(env.get("IVHW_COSIM_VECTORS", "1")),
+            shm_size=int(env.get("IVHW_COSIM_SHM_SIZE", str(4 << 20))),
+            guest=env.get("IVHW_COSIM_GUEST", "echo"),
+            guest_args=json.loads(env.get("IVHW_COSIM_GUEST_ARGS", "{}")),
+            status_file=env.get("IVHW_COSIM_STATUS"),
+            poll_cycles=max(1, int(env.get("IVHW_COSIM_POLL_CYCLES", "32"))),
+            seconds=float(seconds) if seconds else None,
+        )
+
+
+def load_guest(name: str) -> GuestFunction | None:
+    """The guest ``name``: a built-in (``echo``, ``ping``), ``none``, or ``module:function``."""
+    if name == "none":
+        return None
+    if ":" not in name:
+        from . import guests
+
+        function = guests.BUILTINS.get(name)
+        if function is None:
+            raise ValueError(
+                f"no built-in guest {name!r}; choose from {', '.join(guests.BUILTINS)}, "
+                "none, or give module:function"
+            )
+        return function
+    module_name, _, attr = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"cannot import guest module {module_name!r}: {error}") from None
+    function = getattr(module, attr, None)
+    if not callable(function):
+        raise ValueError(f"guest module {module_name!r} has no function {attr!r}")
+    return function  # type: ignore[no-any-return]
+
+
+class AxiLiteBus:
+    """A thin AXI4-Lite master on the ``axil__*`` ports: one transaction at a time.
+
+    ``BREADY``/``RREADY`` stay high; a transaction costs the slave's latency and
+    no extra cycles, which keeps the simulated cycles per echo low.
+    """
+
+    def __init__(self, dut: Any, tick: Callable[[], Awaitable[None]]) -> None:
+        self._tick = tick
+        p = "axil__"
+        self._awaddr = getattr(dut, p + "awaddr")
+        self._awvalid = getattr(dut, p + "awvalid")
+        self._awready = _bit(getattr(dut, p + "awready"))
+        self._wdata = getattr(dut, p + "wdata")
+        self._wstrb = getattr(dut, p + "wstrb")
+        self._wvalid = getattr(dut, p + "wvalid")
+        self._bvalid = _bit(getattr(dut, p + "bvalid"))
+        self._bresp = _word(getattr(dut, p + "bresp"))
+        self._araddr = getattr(dut, p + "araddr")
+        self._arvalid = getattr(dut, p + "arvalid")
+        self._arready = _bit(getattr(dut, p + "arready"))
+        self._rvalid = _bit(getattr(dut, p + "rvalid"))
+        self._rdata = _word(getattr(dut, p + "rdata"))
+        self._rresp = _word(getattr(dut, p + "rresp"))
+        for name in ("awvalid", "wvalid", "arvalid", "awprot", "arprot"):
+            getattr(dut, p + name).value = 0
+        for name in ("bready", "rready"):
+            getattr(dut, p + name).value = 1
+
+    async def write(self, addr: int, value: int, strb: int = 0xF) -> None:
+        """Write ``value`` at byte address ``addr`` with byte enables ``strb``."""
+        tick = self._tick
+        self._awaddr.value = addr
+        self._wdata.value = value
+        self._wstrb.value = strb
+        self._awvalid.value = 1
+        self._wvalid.value = 1
+        while True:
+            await tick()
+            if self._awready() == "1":
+                break
+        self._awvalid.value = 0
+        self._wvalid.value = 0
+        while True:
+            await tick()
+            if self._bvalid() == "1":
+                break
+        resp = self._bresp()
+        if resp:
+            raise BusError(f"write of {value:#x} to {addr:#x} answered {_RESP[resp]}")
+
+    async def read(self, addr: int) -> int:
+        """The 32-bit word at byte address ``addr``."""
+        tick = self._tick
+        self._araddr.value = addr
+        self._arvalid.value = 1
+        while True:
+            await tick()
+            if self._arready() == "1":
+                break
+        self._arvalid.value = 0
+        while True:
+            await tick()
+            if self._rvalid() == "1":
+                break
+        resp = self._rresp()
+        if resp:
+            raise BusError(f"read of {addr:#x} answered {_RESP[resp]}")
+        return int(self._rdata()) & 0xFFFF_FFFF
+
+
+_RESP = {0: "OKAY", 1: "EXOKAY", 2: "SLVERR", 3: "DECERR"}
+
+
+def _bit(handle: Any) -> Any:
+    """A fast reader of a 1-bit signal: returns ``"1"`` when high (X/Z read as low).
+
+    ``handle.value == 1`` builds two ``Logic`` objects per call, which was most of the
+    bridge's per-cycle cost; the raw GPI read is a string.
+    """
+    return handle._handle.get_signal_val_binstr
+
+
+def _word(handle: Any) -> Any:
+    """A fast reader of a vector signal's value as an int (only read while valid)."""
+    return handle._handle.get_signal_val_long
+
+
+class _ServedBus:
+    """The guest's bus: while a transaction runs, its driver clocks the transport.
+
+    One coroutine per cycle instead of two (the bus driver and the transport loop)
+    roughly halves the Python work per simulated cycle.
+    """
+
+    def __init__(self, bridge: Bridge, inner: AxiLiteBus) -> None:
+        self._bridge = bridge
+        self._inner = inner
+
+    async def read(self, addr: int) -> int:
+        bridge = self._bridge
+        bridge._bus_busy = True
+        bridge._bus_idle.clear()
+        try:
+            return await self._inner.read(addr)
+        finally:
+            bridge._bus_busy = False
+            bridge._bus_idle.set()
+
+    async def write(self, addr: int, value: int, strb: int = 0xF) -> None:
+        bridge = self._bridge
+        bridge._bus_busy = True
+        bridge._bus_idle.clear()
+        try:
+            await self._inner.write(addr, value, strb)
+        finally:
+            bridge._bus_busy = False
+            bridge._bus_idle.set()
+
+
+class _Stop(Exception):
+    """The bridge ends its run; ``status`` and ``message`` say how."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Bridge:
+    """The transport of one simulated device, connected to an ivshmem server.
+
+    Parameters
+    ----------
+    dut : cocotb handle
+        The device's simulation top.
+    config : BridgeConfig
+        Socket, device, vectors, guest and limits.
+
+    Attributes
+    ----------
+    peer : Peer
+        The bridge's connection to the server.
+    cycles : int
+        Clock cycles simulated so far.
+    stats : dict
+        Counters and latency samples, written to the status file at the end.
+    """
+
+    def __init__(self, dut: Any, config: BridgeConfig) -> None:
+        self.dut = dut
+        self.config = config
+        self.peer: Peer | None = None
+        self.cycles = 0
+        self._edge = RisingEdge(dut.clk)
+        self._events: collections.deque[int] = collections.deque()  # for event.ready
+        self._bus_busy = False
+        self._bus_idle = SimEvent()
+        self._stop_requested = False
+        self._guest_waiting = False
+        self._wait_deadline: float | None = None
+        self._irqs = 0
+        self._irq_event = SimEvent()
+        self._wake_time: float | None = None
+        self._wake_cycle = 0
+        self._irq_mark: tuple[float, int] | None = None
+        self.stats: dict[str, Any] = {
+            "events": 0,
+            "coalesced": 0,
+            "doorbells": 0,
+            "doorbells_lost": 0,
+            "irqs": 0,
+            "mem_reads": 0,
+            "mem_writes": 0,
+            "blocks": 0,
+            "blocked_seconds": 0.0,
+            "wake_to_ring": [],  # (seconds, cycles) from an eventfd wake to the next doorbell
+            "wake_to_irq": [],  # (seconds, cycles) from an eventfd wake to the interrupt
+        }
+
+    # -- interface for the guest -------------------------------------------------------------
+
+    def known_peers(self) -> dict[int, int]:
+        """Other peers and their vector counts."""
+        assert self.peer is not None
+        return dict(self.peer.peers)
+
+    async def wait_irq(self, timeout: float | None) -> int:
+        """Block the guest until an interrupt (or ``timeout`` wall-clock seconds)."""
+        if not self._irqs:
+            self._wait_deadline = None if timeout is None else time.monotonic() + timeout
+            self._guest_waiting = True
+            self._irq_event.clear()
+            try:
+                await self._irq_event.wait()
+            finally:
+                self._guest_waiting = False
+                self._wait_deadline = None
+        count, self._irqs = self._irqs, 0
+        return count
+
+    # -- run ---------------------------------------------------------------------------------
+
+    def _join(self) -> Peer:
+        config = self.config
+        try:
+            peer = Peer(config.socket, vectors=config.vectors, timeout=10.0)
+        except (OSError, TimeoutError) as error:
+            raise _Stop(
+                STATUS_JOIN_FAILED,
+                f"cannot join the ivshmem server at {config.socket}: {error}",
+            ) from None
+        if peer.shm_size != config.shm_size:
+            size = peer.shm_size
+            peer.close()
+            raise _Stop(
+                STATUS_JOIN_FAILED,
+                f"the server's shared memory is {size} bytes but the device was built for "
+                f"{config.shm_size}; rerun with --shm-size {size}",
+            )
+        return peer
+
+    def _request_stop(self, _signum: int, _frame: object) -> None:
+        self._stop_requested = True
+
+    async def run(self) -> tuple[int, str]:
+        """Join, reset the device, run transport and guest; return (status, message)."""
+        guest_function: GuestFunction | None
+        try:
+            guest_function = load_guest(self.config.guest)
+        except ValueError as error:
+            return STATUS_FAILED, str(error)
+        try:
+            self.peer = self._join()
+        except _Stop as stop:
+            return stop.status, stop.message
+        peer = self.peer
+        self._open_waiter()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._request_stop)
+        dut = self.dut
+        Clock(dut.clk, 10, unit="ns").start()
+        self._drive_idle()
+        bus = _ServedBus(self, AxiLiteBus(dut, self.tick))  # drives AXI idle through reset
+        dut.ident__id.value = peer.id
+        dut.ident__valid.value = 1
+        dut.rst.value = 1
+        for _ in range(3):
+            await self._edge
+        dut.rst.value = 0
+        await self._edge
+        print(
+            f"[bridge] peer {peer.id} with {peer.vectors} vectors, "
+            f"{peer.shm_size // 1024} KiB shared memory; peers: "
+            f"{sorted(peer.peers) or 'none'}; guest {self.config.guest}",
+            flush=True,
+        )
+        finished = SimEvent()
+        outcomes: list[tuple[int, str] | None] = []
+
+        async def track(coro: Any) -> None:
+            outcomes.append(await coro)
+            finished.set()
+
+        transport = cocotb.start_soon(track(self._transport()))
+        guest_task = None
+        if guest_function is not None:
+            guest = Guest(
+                bus,
+                FLAT_REGS,
+                regs_base=0,
+                shm_base=self.config.shm_size,
+                shm_size=self.config.shm_size,
+                host=self,
+                args=self.config.guest_args,
+            )
+            guest_task = cocotb.start_soon(track(self._run_guest(guest, guest_function)))
+        try:
+            await finished.wait()
+        finally:
+            for task in (transport, guest_task):
+                if task is not None and not task.done():
+                    task.cancel()
+        status, message = STATUS_OK, "stopped"
+        for outcome in outcomes:
+            if outcome is not None:
+                status, message = outcome
+                break
+        self._close_waiter()
+        peer.close()
+        return status, message
+
+    async def _run_guest(self, guest: Guest, function: GuestFunction) -> tuple[int, str]:
+        try:
+            await guest.start()
+            await function(guest)
+        except _Stop as stop:
+            return stop.status, stop.message
+        except Exception as error:
+            traceback.print_exc()
+            return STATUS_FAILED, f"guest {self.config.guest} failed: {error}"
+        return STATUS_OK, f"guest {self.config.guest} finished"
+
+    def _drive_idle(self) -> None:
+        dut = self.dut
+        dut.doorbell__ready.value = 1
+        dut.event__valid.value = 0
+        dut.event__payload.value = 0
+        dut.peers__ack.value = 0
+        dut.peers__vectors.value = 0
+        dut.mem__ready.value = 1
+        dut.mem__r_valid.value = 0
+        dut.mem__r_data.value = 0
+
+    def _take(self, events: list[object]) -> None:
+        """Queue the doorbells among ``events`` for the device."""
+        for event in events:
+            if isinstance(event, Doorbell):
+                self._events.append(event.vector)
+                self.stats["events"] += 1
+                self.stats["coalesced"] += event.count - 1
+                if self._wake_time is None:
+                    self._wake_time = time.perf_counter()
+                    self._wake_cycle = self.cycles
+                    self._irq_mark = (self._wake_time, self.cycles)
+            elif isinstance(event, PeerJoined | PeerLeft):
+                what = "joined" if isinstance(event, PeerJoined) else "left"
+                print(f"[bridge] peer {event.peer} {what}", flush=True)
+
+    def _open_waiter(self) -> None:
+        """One epoll over the peer's fd and the CLI's stop FIFO (if any)."""
+        assert self.peer is not None
+        self._waiter = select.epoll()
+        self._waiter.register(self.peer.fileno(), select.EPOLLIN)
+        self._stop_fd = -1
+        path = os.environ.get("IVHW_COSIM_STOP_FIFO")
+        if path:
+            # The CLI holds the FIFO open and writes to it on SIGTERM/SIGINT; if the CLI
+            # dies, the FIFO hangs up. Either way the bridge stops: no orphaned simulator.
+            # (A Python signal handler inside the simulator is not reliably run.)
+            self._stop_fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            self._waiter.register(self._stop_fd, select.EPOLLIN)
+
+    def _close_waiter(self) -> None:
+        waiter = getattr(self, "_waiter", None)
+        if waiter is not None:
+            waiter.close()
+        if getattr(self, "_stop_fd", -1) >= 0:
+            os.close(self._stop_fd)
+            self._stop_fd = -1
+
+    def _poll(self, timeout: float) -> None:
+        assert self.peer is not None
+        ready = self._waiter.poll(timeout)
+        if not ready:
+            return
+        for fd, _mask in ready:
+            if fd == self._stop_fd:
+                self._stop_requested = True
+        if self._stop_requested:
+            raise _Stop(STATUS_OK, "stopped by a signal")
+        try:
+            events = self.peer.poll(0)
+        except ServerGone:
+            raise _Stop(
+                STATUS_SERVER_GONE,
+                "the ivshmem server closed the connection; the simulated device leaves",
+            ) from None
+        self._take(events)  # type: ignore[arg-type]
+
+    def _sample(self, key: str, value: object) -> None:
+        samples = self.stats[key]
+        if len(samples) < _MAX_SAMPLES:
+            samples.append(value)
+
+    async def _transport(self) -> tuple[int, str] | None:
+        try:
+            self._bind()
+            await self._transport_loop()
+        except _Stop as stop:
+            return stop.status, stop.message
+        return None
+
+    def _bind(self) -> None:
+        """Look up the transport's signals once, with fast readers for the polled ones."""
+        dut = self.dut
+        self._db_valid, self._db_payload = _bit(dut.doorbell__valid), _word(dut.doorbell__payload)
+        self._ev_valid, self._ev_payload = dut.event__valid, dut.event__payload
+        self._ev_ready = _bit(dut.event__ready)
+        self._pq_req, self._pq_peer = _bit(dut.peers__req), _word(dut.peers__peer)
+        self._pq_ack, self._pq_vectors = dut.peers__ack, dut.peers__vectors
+        self._mem_valid, self._mem_addr = _bit(dut.mem__valid), _word(dut.mem__addr)
+        self._mem_we, self._mem_wdata = _bit(dut.mem__we), _word(dut.mem__w_data)
+        self._mem_sel = _word(dut.mem__sel)
+        self._mem_rdata, self._mem_rvalid = dut.mem__r_data, dut.mem__r_valid
+        self._irq = _bit(dut.irq)
+        self._ev_driving = False
+        self._acked = False
+        self._r_pending = False
+        self._quiet = 0
+        self._limit = (
+            None if self.config.seconds is None else time.monotonic() + self.config.seconds
+        )
+
+    async def tick(self) -> None:
+        """Advance one clock cycle and serve the transport in it (for the guest's bus driver)."""
+        await self._edge
+        self._service()
+
+    def _service(self) -> None:
+        """One cycle of transport work, sampled at the rising edge just passed."""
+        peer, stats = self.peer, self.stats
+        assert peer is not None
+        self.cycles = cycle = self.cycles + 1
+        active = False
+        # -- outbound doorbells (doorbell.ready is always high) ---------------------------
+        if self._db_valid() == "1":
+            active = True
+            target, vector = DOORBELL.unpack(self._db_payload() & 0xFFFF_FFFF)
+            try:
+                peer.ring(target, vector)
+                stats["doorbells"] += 1
+            except (KeyError, ValueError):
+                stats["doorbells_lost"] += 1  # the peer left after the device checked it
+            if self._wake_time is not None:
+                self._sample(
+                    "wake_to_ring",
+                    (time.perf_counter() - self._wake_time, cycle - self._wake_cycle),
+                )
+                self._wake_time = None
+        # -- shared memory (mem.ready is always high) --------------------------------------
+        if self._r_pending:
+            self._mem_rvalid.value = 0
+            self._r_pending = False
+        if self._mem_valid() == "1":
+            active = True
+            memory = self._memory
+            offset = (self._mem_addr() & 0xFFFF_FFFF) << 2
+            if self._mem_we() == "1":
+                data = self._mem_wdata() & 0xFFFF_FFFF
+                sel = self._mem_sel() & 0xF
+                if sel == 0xF:
+                    struct.pack_into("<I", memory, offset, data)
+                else:
+                    for lane in range(4):
+                        if sel >> lane & 1:
+                            memory[offset + lane] = (data >> (8 * lane)) & 0xFF
+                stats["mem_writes"] += 1
+            else:
+                self._mem_rdata.value = struct.unpack_from("<I", memory, offset)[0]
+                self._mem_rvalid.value = 1
+                self._r_pending = True
+                stats["mem_reads"] += 1
+        # -- peer query ----------------------------------------------------------------------
+        if self._acked:
+            self._pq_ack.value = 0
+            self._acked = False
+        elif self._pq_req() == "1":
+            active = True
+            asked = self._pq_peer() & 0xFFFF
+            count = peer.vectors if asked == peer.id else peer.peers.get(asked, 0)
+            self._pq_vectors.value = min(count, MAX_VECTORS)
+            self._pq_ack.value = 1
+            self._acked = True
+        # -- interrupt -----------------------------------------------------------------------
+        if self._irq() == "1":
+            active = True
+            self._irqs += 1
+            stats["irqs"] += 1
+            if self._irq_mark is not None:
+                seconds = time.perf_counter() - self._irq_mark[0]
+                self._sample("wake_to_irq", (seconds, cycle - self._irq_mark[1]))
+                self._irq_mark = None
+            self._irq_event.set()
+        # -- inbound events (held until ready: back-pressure never loses one) ---------------
+        if self._ev_driving and self._ev_ready() == "1":
+            self._ev_driving = False
+            self._events.popleft()
+        if not self._ev_driving:
+            if self._events:
+                self._ev_payload.value = self._events[0]
+                self._ev_valid.value = 1
+                self._ev_driving = True
+            elif self._ev_valid_high:
+                self._ev_valid.value = 0
+            self._ev_valid_high = self._ev_driving
+        if self._ev_driving:
+            active = True
+        self._quiet = 0 if active else self._quiet + 1
+        if self._stop_requested:
+            raise _Stop(STATUS_OK, "stopped by a signal")
+        if cycle % self.config.poll_cycles == 0:
+            self._poll(0)
+            self._check_deadlines()
+
+    def _check_deadlines(self) -> None:
+        now = time.monotonic()
+        if self._limit is not None and now >= self._limit:
+            raise _Stop(STATUS_OK, f"ran for {self.config.seconds:g} s")
+        deadline = self._wait_deadline
+        if deadline is not None and now >= deadline:
+            self._irq_event.set()  # the guest's wait timed out
+
+    async def _transport_loop(self) -> None:
+        assert self.peer is not None and self.peer.memory is not None
+        self._memory = self.peer.memory
+        self._ev_valid_high = False
+        stats = self.stats
+        while True:
+            if self._bus_busy:
+                # the guest's bus driver advances the clock and serves the transport
+                await self._bus_idle.wait()
+                continue
+            idle = self._quiet >= _QUIET_CYCLES and not self._events
+            if idle and (self._guest_waiting or self._no_guest):
+                # nothing can happen in the simulation until an fd fires: sleep in epoll
+                self._check_deadlines()
+                if self._irq_event.is_set() and self._guest_waiting:
+                    await self._edge  # let the guest take its timeout
+                    if not self._bus_busy:
+                        self._service()
+                    continue
+                now = time.monotonic()
+                timeout = _BLOCK_SLICE
+                for deadline in (self._wait_deadline, self._limit):
+                    if deadline is not None:
+                        timeout = min(timeout, deadline - now)
+                stats["blocks"] += 1
+                began = time.perf_counter()
+                self._poll(max(timeout, 0.0))
+                stats["blocked_seconds"] += time.perf_counter() - began
+                if self._stop_requested:
+                    raise _Stop(STATUS_OK, "stopped by a signal")
+                if not self._events:
+                    continue  # nothing arrived: no simulated time needs to pass
+            await self._edge
+            if not self._bus_busy:  # else the bus driver, woken by the same edge, serves it
+                self._service()
+
+    _no_guest = False
+
+
+def _write_status(path: str | None, status: int, message: str, bridge: Bridge | None) -> None:
+    if not path:
+        return
+    record: dict[str, Any] = {"status": status, "message": message}
+    if bridge is not None:
+        record["stats"] = bridge.stats
+        record["cycles"] = bridge.cycles
+        record["peer_id"] = bridge.peer.id if bridge.peer is not None else -1
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f)
+    os.replace(tmp, path)
+
+
+@cocotb.test()
+async def cosim(dut: Any) -> None:
+    """Run the simulated device as a peer of the ivshmem domain until told to stop."""
+    config = BridgeConfig.from_env()
+    bridge = Bridge(dut, config)
+    bridge._no_guest = config.guest == "none"
+    profile_path = os.environ.get("IVHW_COSIM_PROFILE")
+    profiler = None
+    if profile_path:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    try:
+        status, message = await bridge.run()
+    except BaseException as error:
+        _write_status(config.status_file, STATUS_FAILED, f"bridge failed: {error!r}", bridge)
+        raise
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(profile_path)
+    _write_status(config.status_file, status, message, bridge)
+    if status != STATUS_OK:
+        raise AssertionError(message)

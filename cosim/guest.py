@@ -1,0 +1,184 @@
+"""The guest API: a Python coroutine plays the CPU and driver of the simulated device.
+
+A guest is ``async def guest(g: Guest) -> None``. Everything it does goes through
+the simulated hardware: register reads and writes are bus transactions on the
+device's bus (AXI4-Lite for ivshmem-flat), shared-memory reads and writes go
+through the device's shared-memory window and so through its ``mem`` port into
+the real mapping every other peer sees, and :meth:`Guest.wait_irq` returns when
+the device raised its interrupt. Time spent inside a guest is simulated time;
+the bridge (``ivhw.cosim.bridge``) lets the simulator sleep while the guest
+waits for an interrupt and the device is idle.
+
+A guest ends by returning (the bridge then leaves the domain, status 0) or by
+raising (status 1, the exception is reported).
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from ..sw.regmap import DOORBELL, RegisterMap
+
+__all__ = ["BusError", "Guest", "GuestFunction", "RegisterBus"]
+
+
+class BusError(Exception):
+    """A bus access ended with an error response (SLVERR or DECERR)."""
+
+
+class RegisterBus(Protocol):
+    """What a guest needs from the device's bus: 32-bit word reads and writes."""
+
+    async def read(self, addr: int) -> int: ...
+
+    async def write(self, addr: int, value: int, strb: int = 0xF) -> None: ...
+
+
+class _Host(Protocol):
+    """The part of the bridge a guest talks to directly (interrupts, membership)."""
+
+    @property
+    def cycles(self) -> int: ...
+
+    def known_peers(self) -> dict[int, int]: ...
+
+    async def wait_irq(self, timeout: float | None) -> int: ...
+
+
+class Guest:
+    """The CPU's view of one simulated ivshmem device.
+
+    Parameters
+    ----------
+    bus : RegisterBus
+        The device's bus (registers and shared-memory window).
+    regs : RegisterMap
+        The device's register map (``FLAT_REGS``, ``PCI_REV1_REGS``).
+    regs_base, shm_base : int
+        Bus addresses of the register window and of the shared-memory window.
+    shm_size : int
+        Size of the shared memory in bytes.
+    host : object
+        The bridge (interrupts and the peer list).
+    args : dict[str, str]
+        ``--guest-arg KEY=VALUE`` options of ``ivshmem-cosim``.
+
+    Attributes
+    ----------
+    id : int
+        Own peer ID, read from the device's IVPosition register by :meth:`start`.
+    """
+
+    def __init__(
+        self,
+        bus: RegisterBus,
+        regs: RegisterMap,
+        *,
+        regs_base: int,
+        shm_base: int,
+        shm_size: int,
+        host: _Host,
+        args: dict[str, str] | None = None,
+    ) -> None:
+        self._bus = bus
+        self._regs = regs
+        self._regs_base = regs_base
+        self._shm_base = shm_base
+        self.shm_size = shm_size
+        self._host = host
+        self.args = dict(args or {})
+        self.id = -1
+        self._doorbell = next(r.name for r in regs if r.name.lower() == "doorbell")
+        self._ivposition = next(r.name for r in regs if r.name.lower() == "ivposition")
+
+    async def start(self) -> None:
+        """Read the own peer ID from the device (called by the bridge before the guest runs)."""
+        self.id = await self.read(self._ivposition)
+
+    # -- registers -------------------------------------------------------------------------
+
+    async def read(self, name: str) -> int:
+        """Read register ``name`` (names from ``ivhw.sw.regmap``)."""
+        return await self._bus.read(self._regs_base + self._regs[name].offset)
+
+    async def write(self, name: str, value: int) -> None:
+        """Write register ``name``."""
+        await self._bus.write(self._regs_base + self._regs[name].offset, value & 0xFFFF_FFFF)
+
+    async def ring(self, peer: int, vector: int) -> None:
+        """Ring ``peer`` on ``vector`` through the Doorbell register."""
+        await self.write(self._doorbell, DOORBELL.pack(peer, vector))
+
+    # -- shared memory ---------------------------------------------------------------------
+
+    def _check(self, offset: int, size: int) -> None:
+        if offset < 0 or size < 0 or offset + size > self.shm_size:
+            raise ValueError(
+                f"shared-memory access {offset:#x}+{size} outside 0..{self.shm_size:#x}"
+            )
+
+    async def shm_read32(self, offset: int) -> int:
+        """One aligned 32-bit word of shared memory, through the device."""
+        self._check(offset, 4)
+        return await self._bus.read(self._shm_base + offset)
+
+    async def shm_write32(self, offset: int, value: int, strb: int = 0xF) -> None:
+        """Write one aligned 32-bit word (``strb``: byte enables) through the device."""
+        self._check(offset, 4)
+        await self._bus.write(self._shm_base + offset, value & 0xFFFF_FFFF, strb)
+
+    async def shm_read(self, offset: int, size: int) -> bytes:
+        """``size`` bytes of shared memory from ``offset`` (word accesses underneath)."""
+        self._check(offset, size)
+        start, end = offset & ~3, (offset + size + 3) & ~3
+        words = [await self.shm_read32(a) for a in range(start, end, 4)]
+        data = struct.pack(f"<{len(words)}I", *words)
+        return data[offset - start : offset - start + size]
+
+    async def shm_write(self, offset: int, data: bytes) -> None:
+        """Write ``data`` at ``offset``; partial words use byte enables, never read-modify-write."""
+        self._check(offset, len(data))
+        position = offset
+        end = offset + len(data)
+        while position < end:
+            word_base = position & ~3
+            lane = position - word_base
+            count = min(4 - lane, end - position)
+            chunk = data[position - offset : position - offset + count]
+            value = int.from_bytes(chunk, "little") << (8 * lane)
+            strb = ((1 << count) - 1) << lane
+            await self.shm_write32(word_base, value, strb)
+            position += count
+
+    # -- interrupts, membership, time --------------------------------------------------------
+
+    async def wait_irq(self, timeout: float | None = None) -> int:
+        """Wait for the device's interrupt; return how many arrived (0 after ``timeout`` s)."""
+        return await self._host.wait_irq(timeout)
+
+    def peers(self) -> dict[int, int]:
+        """Other peers and their vector counts, as the driver learnt them from the transport."""
+        return self._host.known_peers()
+
+    @property
+    def cycles(self) -> int:
+        """Simulated clock cycles so far."""
+        return self._host.cycles
+
+    @staticmethod
+    def now() -> float:
+        """Wall-clock time in seconds (``time.perf_counter``), for round-trip measurements."""
+        return time.perf_counter()
+
+    def log(self, text: str) -> None:
+        """Print one line of the guest's transcript."""
+        print(f"[   sim] {text}", flush=True)
+        sys.stdout.flush()
+
+
+#: What ``--guest NAME|module:function`` names.
+GuestFunction = Callable[[Guest], Awaitable[None]]

@@ -1,0 +1,144 @@
+"""Built-in guests of ``ivshmem-cosim``: ``echo`` and ``ping``.
+
+``echo`` is the echo protocol (docs/echo-protocol.md) run by the simulated
+CPU, behaving exactly like :class:`ivhw.sw.echo.EchoResponder`: on every
+interrupt it serves every pending outbox addressed to it, in ascending peer
+order, each through the device's shared-memory window and Doorbell register.
+
+``ping`` sends echo requests to another echo peer (a host ``EchoResponder``,
+QEMU, or another simulated echo device) and prints the round-trip
+distribution. Options (``--guest-arg KEY=VALUE``): ``target`` (peer ID;
+default the lowest other peer), ``count`` (default 10), ``size`` (payload
+bytes, default 16), ``timeout`` (seconds per request, default 5), ``wait``
+(seconds to wait for a target to join, default 10).
+"""
+
+from __future__ import annotations
+
+import statistics
+import struct
+
+from ..sw.echo import MAX_PAYLOAD, MAX_PEERS, SLOT_SIZE, inbox, invert, outbox
+from .guest import Guest, GuestFunction
+
+__all__ = ["BUILTINS", "echo", "ping", "serve_pending"]
+
+_LENGTH = 4
+_PAYLOAD = 8
+
+
+async def serve_pending(g: Guest) -> int:
+    """Answer every outbox addressed to this device; return how many were answered."""
+    answered = 0
+    for requester in sorted(g.peers()):
+        if requester >= MAX_PEERS or g.shm_size < inbox(requester) + SLOT_SIZE:
+            continue
+        box = outbox(requester)
+        target = await g.shm_read32(box)
+        if target != g.id:
+            continue
+        length = await g.shm_read32(box + _LENGTH)
+        if not length:
+            continue
+        length = min(length, MAX_PAYLOAD)
+        payload = await g.shm_read(box + _PAYLOAD, length)
+        reply = inbox(requester)
+        await g.shm_write32(reply, g.id)
+        await g.shm_write(reply + _PAYLOAD, invert(payload))
+        await g.shm_write32(reply + _LENGTH, length)  # the length goes last
+        await g.shm_write32(box + _LENGTH, 0)
+        # the device drops a doorbell to a peer that left or has no vector 0 (and counts it)
+        await g.ring(requester, 0)
+        answered += 1
+    return answered
+
+
+async def echo(g: Guest) -> None:
+    """The echo device: serve pending requests on every interrupt, forever."""
+    g.log(f"echo device up as peer {g.id}; serving echo requests")
+    served = await serve_pending(g)  # requests made before we listened
+    while True:
+        await g.wait_irq()
+        served += await serve_pending(g)
+
+
+async def _request(g: Guest, target: int, payload: bytes, timeout: float) -> float | None:
+    """One echo round trip in seconds, ``None`` on timeout; checks the reply."""
+    box, reply = outbox(g.id), inbox(g.id)
+    await g.shm_write32(reply + _LENGTH, 0)
+    await g.shm_write32(box, target)
+    await g.shm_write(box + _PAYLOAD, payload)
+    start = g.now()
+    await g.shm_write32(box + _LENGTH, len(payload))
+    await g.ring(target, 0)
+    deadline = start + timeout
+    while True:
+        length = await g.shm_read32(reply + _LENGTH)
+        if length:
+            rtt = g.now() - start
+            source = await g.shm_read32(reply)
+            data = await g.shm_read(reply + _PAYLOAD, length)
+            if source != target or data != invert(payload):
+                raise AssertionError(
+                    f"wrong echo from peer {source}: {data.hex()} for {payload.hex()}"
+                )
+            return rtt
+        remaining = deadline - g.now()
+        if remaining <= 0:
+            await g.shm_write32(box + _LENGTH, 0)
+            return None
+        await g.wait_irq(remaining)
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+async def ping(g: Guest) -> None:
+    """Measure echo round trips to ``target`` and print their distribution."""
+    count = int(g.args.get("count", "10"))
+    size = int(g.args.get("size", "16"))
+    timeout = float(g.args.get("timeout", "5"))
+    wait = float(g.args.get("wait", "10"))
+    if not 1 <= size <= MAX_PAYLOAD:
+        raise ValueError(f"ping size must be 1..{MAX_PAYLOAD}, not {size}")
+    target_arg = g.args.get("target")
+    start = g.now()
+    while True:
+        peers = g.peers()
+        if target_arg is not None:
+            target = int(target_arg)
+            if target in peers:
+                break
+        elif peers:
+            target = min(peers)
+            break
+        if g.now() - start > wait:
+            raise TimeoutError(f"no echo peer {target_arg or ''} joined within {wait:g} s")
+        await g.wait_irq(0.05)
+    g.log(f"ping: peer {g.id} -> echo peer {target}, {count} requests of {size} bytes")
+    rtts: list[float] = []
+    lost = 0
+    for n in range(count):
+        payload = struct.pack("<I", n) + bytes((n + i) & 0xFF for i in range(size - 4))
+        payload = payload[:size]
+        rtt = await _request(g, target, payload, timeout)
+        if rtt is None:
+            lost += 1
+            g.log(f"ping {n}: no reply within {timeout:g} s")
+        else:
+            rtts.append(rtt)
+    if rtts:
+        us = [r * 1e6 for r in rtts]
+        g.log(
+            f"ping: {len(rtts)}/{count} replies, rtt us min {min(us):.0f} "
+            f"median {statistics.median(us):.0f} p90 {_percentile(us, 0.9):.0f} "
+            f"max {max(us):.0f}"
+        )
+    if lost:
+        raise AssertionError(f"{lost} of {count} echo requests got no reply")
+
+
+#: Guests ``--guest NAME`` knows.
+BUILTINS: dict[str, GuestFunction] = {"echo": echo, "ping": ping}

@@ -1,0 +1,178 @@
+"""The co-simulation bridge: a simulated ivshmem-flat device as a real peer of a domain.
+
+Each test runs ``ivshmem-cosim`` (a child process with the simulator) against
+our server, on Icarus and on Verilator. The builds are made once per session
+(and cached across sessions) by ``ivhw.cosim.build``, under a lock shared by
+the pytest-xdist workers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from qemu_domain import Domain
+from support import require_tool
+
+from ivhw.cosim.build import build
+from ivhw.cosim.process import CosimProcess
+from ivhw.sw import echo
+from ivhw.sw.peer import Peer, PeerJoined
+
+VECTORS = 2
+SHM_SIZE = 1 << 20
+JOIN_TIMEOUT = 60.0
+SIMS = [
+    pytest.param("icarus", marks=pytest.mark.icarus),
+    pytest.param("verilator", marks=pytest.mark.verilator),
+]
+
+
+@pytest.fixture(params=SIMS)
+def sim(request: pytest.FixtureRequest) -> str:
+    name = request.param
+    require_tool("iverilog" if name == "icarus" else "g++")
+    build("flat", name, vectors=VECTORS, shm_size=SHM_SIZE)
+    return str(name)
+
+
+@pytest.fixture
+def domain() -> Iterator[Domain]:
+    with Domain(vectors=VECTORS, shm_size=SHM_SIZE) as dom:
+        yield dom
+
+
+def start_device(
+    domain: Domain, tmp_path: Path, sim: str, name: str = "dev", **options: object
+) -> CosimProcess:
+    """Start a simulated device and wait until the server has admitted it."""
+    before = set(domain.server.peer_ids)
+    process = CosimProcess(
+        domain.socket_path,
+        tmp_path,
+        name=name,
+        sim=sim,
+        vectors=VECTORS,
+        shm_size=SHM_SIZE,
+        **options,  # type: ignore[arg-type]
+    ).start()
+    try:
+        wait_for(lambda: set(domain.server.peer_ids) - before, process, "join the server")
+    except BaseException:
+        process.stop()
+        raise
+    return process
+
+
+def wait_for(condition: object, process: CosimProcess, what: str) -> None:
+    deadline = time.monotonic() + JOIN_TIMEOUT
+    while not condition():  # type: ignore[operator]
+        if process.poll() is not None:
+            raise AssertionError(
+                f"ivshmem-cosim exited before it could {what}:\n{process.output()}"
+            )
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"ivshmem-cosim did not {what}:\n{process.output()}")
+        time.sleep(0.02)
+
+
+def device_id(host: Peer) -> int:
+    if not host.peers:
+        host.wait(PeerJoined, timeout=JOIN_TIMEOUT)
+    return min(host.peers)
+
+
+def check_echo(host: Peer, target: int, payload: bytes) -> echo.Reply:
+    reply = echo.request(host, target, payload, timeout=20.0)
+    assert reply.source == target
+    assert reply.payload == echo.invert(payload)
+    return reply
+
+
+def test_host_peer_echo(domain: Domain, tmp_path: Path, sim: str) -> None:
+    device = start_device(domain, tmp_path, sim)
+    host = domain.peer()
+    target = device_id(host)
+    for payload in (b"x", b"hello, hardware", bytes(range(56)), b"\xff" * 13):
+        check_echo(host, target, payload)
+    assert device.stop() == 0, device.output()
+    status = device.status()
+    assert status["stats"]["doorbells"] == 4
+    assert status["stats"]["doorbells_lost"] == 0
+    assert "echo device up as peer" in device.output()
+
+
+def test_requests_of_several_peers_at_once(domain: Domain, tmp_path: Path, sim: str) -> None:
+    device = start_device(domain, tmp_path, sim)
+    hosts = [domain.peer() for _ in range(3)]
+    target = device_id(hosts[0])
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(hosts))
+
+    def run(host: Peer, index: int) -> None:
+        try:
+            barrier.wait()
+            for n in range(3):
+                check_echo(host, target, f"peer {host.id} request {n} {index}".encode())
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(h, i)) for i, h in enumerate(hosts)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    assert device.stop() == 0, device.output()
+
+
+def test_coalesced_ring_still_interrupts(domain: Domain, tmp_path: Path, sim: str) -> None:
+    """An eventfd counter above 1 (rings coalesced) is one event and still an interrupt."""
+    device = start_device(domain, tmp_path, sim)
+    host = domain.peer()
+    target = device_id(host)
+    check_echo(host, target, b"warm up")
+    for count in (2, 7):
+        payload = b"coalesced %d" % count
+        box = echo.outbox(host.id)
+        memory = host.memory
+        assert memory is not None
+        memory[echo.inbox(host.id) + 4 : echo.inbox(host.id) + 8] = bytes(4)
+        memory[box : box + 4] = target.to_bytes(4, "little")
+        memory[box + 8 : box + 8 + len(payload)] = payload
+        memory[box + 4 : box + 8] = len(payload).to_bytes(4, "little")
+        # one write of `count` to the eventfd: the device reads a counter of `count`
+        os.write(host.eventfds(target)[0], count.to_bytes(8, "little"))
+        host.wait(lambda e: getattr(e, "vector", None) == 0, timeout=20.0)
+        reply = echo.inbox(host.id)
+        assert bytes(memory[reply + 8 : reply + 8 + len(payload)]) == echo.invert(payload)
+    assert device.stop() == 0, device.output()
+    assert device.status()["stats"]["coalesced"] == (2 - 1) + (7 - 1)
+
+
+def test_two_simulated_devices_echo_and_ping(domain: Domain, tmp_path: Path, sim: str) -> None:
+    echo_device = start_device(domain, tmp_path, sim, name="echo")
+    echo_id = domain.server.peer_ids[-1]
+    pinger = start_device(
+        domain, tmp_path, sim, name="ping", guest="ping",
+        guest_args={"target": echo_id, "count": 5, "size": 24},
+    )  # fmt: skip
+    assert pinger.wait(120) == 0, pinger.output()
+    output = pinger.output()
+    assert re.search(r"ping: 5/5 replies, rtt us min \d+ median \d+", output), output
+    assert echo_device.stop() == 0, echo_device.output()
+    assert echo_device.status()["stats"]["doorbells"] == 5
+
+
+def test_bad_arguments_one_line(tmp_path: Path) -> None:
+    from ivhw.cosim.cli import main
+
+    assert main(["--socket", str(tmp_path / "nothing.sock")]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--socket", "x", "--vectors", "99"])
+    assert exit_info.value.code == 2
