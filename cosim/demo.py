@@ -1,0 +1,224 @@
+"""Co-simulation demo: simulated hardware answers a QEMU VM and a host process.
+
+``python -m ivhw.cosim.demo`` starts an ``ivshmem-server``, the simulated
+ivshmem-flat device running the ``echo`` guest under Verilator (``ivshmem-cosim``),
+a QEMU 7.2 ``ivshmem-doorbell`` VM peer driven through qtest, and a host peer.
+The QEMU peer writes its requests into BAR2 shared memory, rings the device
+through its Doorbell register and sees the reply doorbell as an MSI-X message;
+the host peer uses the peer library. Both print the replies with round-trip
+times. Everything started is shut down again; ``--waves FILE`` records the
+device's waveform.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..sw import echo
+from ..sw.peer import Peer, PeerJoined
+from .process import CosimProcess
+
+__all__ = ["QemuReply", "main", "qemu_echo_request"]
+
+_VECTORS = 2
+_SHM_SIZE = 1 << 20
+_MESSAGES = (b"hello from the VM", b"ivshmem doorbell + MSI-X", bytes(range(56)))
+_HOST_MESSAGES = (b"hello from the host", b"eventfd + mmap", b"\xa5" * 40)
+
+
+class QemuReply:
+    """An echo reply seen by a QEMU peer: source, payload, round trip in seconds."""
+
+    def __init__(self, source: int, payload: bytes, rtt: float) -> None:
+        self.source = source
+        self.payload = payload
+        self.rtt = rtt
+
+
+def qemu_echo_request(vm: Any, target: int, payload: bytes, timeout: float = 20.0) -> QemuReply:
+    """One echo request from QEMU ``vm`` (a ``QemuIvshmem``) through BAR2 and its Doorbell.
+
+    The reply's doorbell arrives as MSI-X vector 0. Raises ``TimeoutError`` without one.
+    """
+    own = vm.ivposition
+    box, reply = echo.outbox(own), echo.inbox(own)
+    vm.shm_write(reply + 4, bytes(4))
+    vm.shm_write(box, struct.pack("<I", target))
+    vm.shm_write(box + 8, payload)
+    vm.msix_clear(0)
+    start = time.perf_counter()
+    vm.shm_write(box + 4, struct.pack("<I", len(payload)))  # the length goes last
+    vm.ring(target, 0)
+    if not vm.wait_msix(0, timeout):
+        raise TimeoutError(f"QEMU peer {own} got no reply doorbell (MSI-X 0) within {timeout:g} s")
+    rtt = time.perf_counter() - start
+    source, length = struct.unpack("<II", vm.shm_read(reply, 8))
+    return QemuReply(source, vm.shm_read(reply + 8, length), rtt)
+
+
+def _say(who: str, text: str) -> None:
+    print(f"[{who:>6}] {text}", flush=True)
+
+
+def _relay(who: str, stream: TextIO) -> None:
+    for line in stream:
+        _say(who, line.rstrip().removeprefix("ivshmem-server: "))
+
+
+def _relay_cosim(stream: Any, verbose: bool) -> None:
+    for raw in stream:
+        line = raw.decode(errors="replace").rstrip()
+        if verbose or line.startswith(("[", "ivshmem-cosim")):
+            print(line, flush=True)
+
+
+def _wait_for(condition: Any, what: str, timeout: float, alive: Any = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if alive is not None and not alive():
+            raise RuntimeError(f"gave up waiting for {what}: a process exited")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not happen within {timeout:g} s")
+        time.sleep(0.02)
+
+
+def _check(reply_payload: bytes, payload: bytes) -> str:
+    return "ok" if reply_payload == echo.invert(payload) else "WRONG"
+
+
+def _run(tmp: Path, args: argparse.Namespace) -> int:
+    from ..sw.qtest import QemuIvshmem, find_qemu
+
+    sock = tmp / "ivshmem.sock"
+    server_cmd = [
+        sys.executable, "-m", "ivhw.sw.server", "-F", "-S", str(sock),
+        "-M", f"ivhw-cosim-demo-{os.getpid()}", "-l", "1M", "-n", str(_VECTORS),
+    ]  # fmt: skip
+    _say("demo", "starting: ivshmem-server " + " ".join(server_cmd[3:]))
+    server = subprocess.Popen(server_cmd, stderr=subprocess.PIPE, text=True)
+    threading.Thread(target=_relay, args=("server", server.stderr), daemon=True).start()
+    device: CosimProcess | None = None
+    vm: QemuIvshmem | None = None
+    host: Peer | None = None
+    status = 1
+    try:
+        _wait_for(sock.exists, "the server socket", 10, lambda: server.poll() is None)
+        _say("demo", f"starting the simulated ivshmem-flat device ({args.sim}, echo guest)")
+        device = CosimProcess(
+            sock, tmp, sim=args.sim, vectors=_VECTORS, shm_size=_SHM_SIZE, guest="echo",
+            waves=args.waves, stdout=subprocess.PIPE,
+        ).start()  # fmt: skip
+        assert device.process is not None and device.process.stdout is not None
+        relay = threading.Thread(
+            target=_relay_cosim, args=(device.process.stdout, args.verbose), daemon=True
+        )
+        relay.start()
+        host = Peer(str(sock), vectors=_VECTORS, timeout=10)
+        _say("host", f"joined as peer {host.id}")
+        joined, started = host, device
+
+        def device_joined() -> bool:
+            joined.poll(0.05)
+            return bool(joined.peers)
+
+        _wait_for(
+            device_joined, "the simulated device joining", 120, lambda: started.poll() is None
+        )
+        target = min(host.peers)
+        _say("host", f"the simulated device is peer {target}")
+        qemu = find_qemu()
+        if qemu is None:
+            _say("demo", "qemu-system-x86_64 not found: skipping the QEMU peer")
+        else:
+            vm = QemuIvshmem(server_socket=sock, vectors=_VECTORS, timeout=20, workdir=None)
+            vm.start()
+            vm.setup()
+            _say("qemu", f"QEMU 7.2 ivshmem-doorbell joined as peer {vm.ivposition} (qtest)")
+            host.wait(PeerJoined, timeout=10)
+        failures = 0
+        rounds = max(len(_MESSAGES), len(_HOST_MESSAGES))
+        for n in range(rounds):
+            if vm is not None and n < len(_MESSAGES):
+                payload = _MESSAGES[n]
+                _say("qemu", f"-> peer {target}: {payload[:24]!r}")
+                qreply = qemu_echo_request(vm, target, payload)
+                ok = _check(qreply.payload, payload)
+                failures += ok != "ok"
+                _say(
+                    "qemu",
+                    f"<- peer {qreply.source} (MSI-X 0): {qreply.payload[:12].hex()}... "
+                    f"(every byte XOR 0xFF: {ok}) in {qreply.rtt * 1e3:.2f} ms",
+                )
+            if n < len(_HOST_MESSAGES):
+                payload = _HOST_MESSAGES[n]
+                _say("host", f"-> peer {target}: {payload[:24]!r}")
+                reply = echo.request(host, target, payload, timeout=20)
+                ok = _check(reply.payload, payload)
+                failures += ok != "ok"
+                _say(
+                    "host",
+                    f"<- peer {reply.source}: {reply.payload[:12].hex()}... "
+                    f"(every byte XOR 0xFF: {ok}) in {reply.rtt * 1e3:.2f} ms",
+                )
+        status = 1 if failures else 0
+    finally:
+        if vm is not None:
+            vm.close()
+            _say("demo", "QEMU stopped")
+        if host is not None:
+            host.close()
+        if device is not None:
+            code = device.stop()
+            _say("demo", f"simulated device stopped (status {code})")
+            if code:
+                status = 1
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.wait(timeout=10)
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        _say(
+            "demo",
+            f"server exited with status {server.returncode}; "
+            f"socket file removed: {not sock.exists()}",
+        )
+    if args.waves is not None and Path(args.waves).exists():
+        _say("demo", f"waveform: {args.waves}")
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo; returns 0 when every reply was right and everything shut down."""
+    parser = argparse.ArgumentParser(prog="python -m ivhw.cosim.demo", description=__doc__)
+    parser.add_argument("--sim", choices=("verilator", "icarus"), default="verilator")
+    parser.add_argument("--waves", metavar="FILE", help="write the device's waveform to FILE")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show the simulator's log")
+    args = parser.parse_args(argv)
+    if args.waves is not None:
+        args.waves = os.path.abspath(args.waves)
+    tmp = Path(tempfile.mkdtemp(prefix="ivhw-cdemo-"))
+    try:
+        return _run(tmp, args)
+    except (TimeoutError, RuntimeError) as error:
+        _say("demo", f"error: {error}")
+        return 1
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
