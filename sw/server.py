@@ -5,9 +5,11 @@ never loses a message: every client socket is non-blocking and has its own
 outbound queue, drained by one ``selectors`` loop as the client reads. The
 queue holds references to what must be sent (a peer's vectors, the shared
 memory, a departure), never duplicated fds: the fd is looked up when the
-message is actually sent, and a departed peer's eventfds stay open until the
-last queued reference to them has been delivered. A client that stops reading
-is disconnected after a timeout without disturbing the others.
+message is actually sent. When a peer leaves, a client that has not been sent
+any of its vectors yet is told neither of its arrival nor of its departure; a
+client in the middle of them gets the rest and then the departure, the
+eventfds staying open until then. A client that stops reading is disconnected
+after a timeout without disturbing the others.
 
 Run it in-process (tests, demo)::
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import collections
 import errno
+import fcntl
 import logging
 import os
 import re
@@ -34,6 +37,7 @@ import stat
 import struct
 import sys
 import tempfile
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -72,6 +76,8 @@ _RETRY_MIN = 0.005
 _RETRY_MAX = 0.1
 #: Connections accepted per loop turn, so that a connect storm cannot starve draining.
 _ACCEPT_BURST = 64
+#: How long to stop accepting when not even a reserve fd is left to refuse with.
+_ACCEPT_PAUSE = 0.1
 _PEERCRED = struct.Struct("3i")
 
 
@@ -126,16 +132,18 @@ def _parse_uint(text: str) -> int:
 _INIT = 0  # version, the client's own ID, the shared memory
 _VECTORS = 1  # all eventfds of `peer`, one message per vector
 _GONE = 2  # `peer` left
+_CANCELLED = 3  # was `_VECTORS` of a peer that left before any of it was sent: skipped
 
 
 class _Item:
-    """One queued announcement to one client, with a cursor into its messages."""
+    """One queued announcement to one client (``target``), with a cursor into its messages."""
 
-    __slots__ = ("kind", "next", "peer")
+    __slots__ = ("kind", "next", "peer", "target")
 
-    def __init__(self, kind: int, peer: _Peer) -> None:
+    def __init__(self, kind: int, peer: _Peer, target: _Peer) -> None:
         self.kind = kind
         self.peer = peer
+        self.target = target
         self.next = 0
 
 
@@ -143,13 +151,13 @@ class _Peer:
     """Server-side state of one connected client."""
 
     __slots__ = (
+        "announcing",
         "closed",
         "eventfds",
         "id",
         "last_progress",
         "pid",
         "queue",
-        "refs",
         "retry_at",
         "retry_delay",
         "sock",
@@ -162,8 +170,8 @@ class _Peer:
         self.eventfds = eventfds
         self.pid = pid
         self.queue: collections.deque[_Item] = collections.deque()
-        #: queued `_VECTORS` items (in anyone's queue) that still need our eventfds
-        self.refs = 0
+        #: unfinished `_VECTORS` items about us in anyone's queue: they need our eventfds
+        self.announcing: set[_Item] = set()
         self.closed = False
         self.want_write = False
         self.retry_at = 0.0
@@ -181,7 +189,7 @@ class _Rev1Codec:
             return 3
         if item.kind == _VECTORS:
             return len(item.peer.eventfds)
-        return 1
+        return 1  # _GONE
 
     @staticmethod
     def message(item: _Item, shm_fd: int) -> tuple[int, int | None]:
@@ -315,6 +323,7 @@ class IvshmemServer:
         self._loop_thread: threading.Thread | None = None
         self._done = threading.Event()
         self._next_stall_check = 0.0
+        self._accept_paused_until = 0.0
 
     # -- public API ------------------------------------------------------------------------
 
@@ -376,6 +385,8 @@ class IvshmemServer:
 
     def serve_in_background(self) -> threading.Thread:
         """Start the server if needed and run ``serve_forever`` in a daemon thread."""
+        if self._loop_thread is not None:
+            raise RuntimeError("the server is already serving")
         self.start()
         thread = threading.Thread(target=self.serve_forever, name="ivshmem-server", daemon=True)
         self._loop_thread = thread
@@ -523,6 +534,9 @@ class IvshmemServer:
         deadline: float | None = None
         if self._retry:
             deadline = min(p.retry_at for p in self._retry)
+        if self._accept_paused_until:
+            check = self._accept_paused_until
+            deadline = check if deadline is None else min(deadline, check)
         if self.stall_timeout is not None and any(p.queue for p in self._peers.values()):
             check = self._next_stall_check
             deadline = check if deadline is None else min(deadline, check)
@@ -532,6 +546,10 @@ class IvshmemServer:
 
     def _timers(self) -> None:
         now = time.monotonic()
+        if self._accept_paused_until and now >= self._accept_paused_until:
+            self._accept_paused_until = 0.0
+            assert self._selector is not None and self._listener is not None
+            self._selector.register(self._listener, selectors.EVENT_READ, None)
         if self._retry:
             for peer in [p for p in self._retry if p.retry_at <= now]:
                 self._retry.discard(peer)
@@ -541,6 +559,11 @@ class IvshmemServer:
             limit = now - self.stall_timeout
             for peer in list(self._peers.values()):
                 if peer.queue and peer.last_progress < limit:
+                    if _unread_bytes(peer.sock) == 0:
+                        # it has read everything sent: only the fd in-flight limit (other
+                        # readers' fault) holds it up
+                        peer.last_progress = now
+                        continue
                     self._doomed.append(
                         (
                             peer,
@@ -570,6 +593,9 @@ class IvshmemServer:
         try:
             while queue:
                 item = queue[0]
+                if item.kind == _CANCELLED:
+                    queue.popleft()
+                    continue
                 value, fd = codec.message(item, shm_fd)
                 send_message(sock, value, fd)
                 sent += 1
@@ -577,7 +603,7 @@ class IvshmemServer:
                 if item.next >= codec.count(item):
                     queue.popleft()
                     if item.kind == _VECTORS:
-                        self._unref(item.peer)
+                        self._release(item)
         except BlockingIOError:
             self.write_waits += 1
             peer.want_write = True
@@ -587,6 +613,8 @@ class IvshmemServer:
             if e.errno == _ETOOMANYREFS:
                 # too many fds in flight for our user: wait for receivers to take some
                 self.fd_retries += 1
+                if peer.retry_delay == _RETRY_MIN:
+                    log.debug("peer %d: too many fds in flight, retrying", peer.id)
                 now = time.monotonic()
                 peer.retry_at = now + peer.retry_delay
                 peer.retry_delay = min(peer.retry_delay * 2, _RETRY_MAX)
@@ -606,16 +634,18 @@ class IvshmemServer:
             peer.last_progress = time.monotonic()
         queue.append(item)
         if item.kind == _VECTORS:
-            item.peer.refs += 1
+            item.peer.announcing.add(item)
         if len(queue) > self.queue_limit:
             reason = f"stopped reading: outbound queue over {self.queue_limit}"
             self._doomed.append((peer, reason, logging.WARNING))
         elif not peer.want_write and peer not in self._retry:
             self._dirty.add(peer)
 
-    def _unref(self, owner: _Peer) -> None:
-        owner.refs -= 1
-        if owner.closed and owner.refs == 0:
+    def _release(self, item: _Item) -> None:
+        """``item`` no longer needs its peer's eventfds; close them if it was the last."""
+        owner = item.peer
+        owner.announcing.discard(item)
+        if owner.closed and not owner.announcing:
             self._zombies.discard(owner)
             _close_fds(owner.eventfds)
 
@@ -648,14 +678,21 @@ class IvshmemServer:
             sock, _addr = self._listener.accept()
         except OSError:
             sock = None
-        self.refused += 1
-        log.warning("refused a connection: out of file descriptors (%s)", error.strerror)
         if sock is not None:
+            self.refused += 1
+            log.warning("refused a connection: out of file descriptors (%s)", error.strerror)
             sock.close()
         try:
             self._reserve_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             self._reserve_fd = -1
+        if sock is None or self._reserve_fd < 0:
+            # cannot even refuse: stop watching the listener for a moment, not spin on it
+            if self._accept_paused_until == 0.0:
+                log.warning("out of file descriptors: not accepting for %.1f s", _ACCEPT_PAUSE)
+                assert self._selector is not None
+                self._selector.unregister(self._listener)
+            self._accept_paused_until = time.monotonic() + _ACCEPT_PAUSE
 
     def _refuse(self, sock: socket.socket, pid: int, reason: str) -> None:
         self.refused += 1
@@ -697,15 +734,15 @@ class IvshmemServer:
         self._next_id = (peer_id + 1) & MAX_PEER_ID
         # message order as QEMU's server: init, new peer to the others, the others to
         # the new peer, the new peer to itself
-        self._enqueue(peer, _Item(_INIT, peer))
+        self._enqueue(peer, _Item(_INIT, peer, peer))
         if eventfds:
             for other in self._peers.values():
-                self._enqueue(other, _Item(_VECTORS, peer))
+                self._enqueue(other, _Item(_VECTORS, peer, other))
         for other in self._peers.values():
             if other.eventfds:
-                self._enqueue(peer, _Item(_VECTORS, other))
+                self._enqueue(peer, _Item(_VECTORS, other, peer))
         if eventfds:
-            self._enqueue(peer, _Item(_VECTORS, peer))
+            self._enqueue(peer, _Item(_VECTORS, peer, peer))
         self._peers[peer_id] = peer
         log.info("peer %d joined (pid %d, uid %d)", peer_id, pid, uid)
 
@@ -733,13 +770,24 @@ class IvshmemServer:
         peer.queue = collections.deque()
         for item in queue:
             if item.kind == _VECTORS:
-                self._unref(item.peer)
+                self._release(item)
+        # A client that has not been sent any of our vectors yet never learns that we
+        # came or went: join and departure cancel out (QEMU's server would have lost
+        # those messages anyway when it came to that). A client in the middle of our
+        # vectors gets the rest, then the departure, so our eventfds stay open until then.
+        uninformed = set()
+        for item in list(peer.announcing):
+            if item.next == 0:
+                item.kind = _CANCELLED
+                peer.announcing.discard(item)
+                uninformed.add(item.target)
         for other in self._peers.values():
-            self._enqueue(other, _Item(_GONE, peer))
-        if peer.refs == 0:
-            _close_fds(peer.eventfds)
-        else:
+            if other not in uninformed:
+                self._enqueue(other, _Item(_GONE, peer, other))
+        if peer.announcing:
             self._zombies.add(peer)
+        else:
+            _close_fds(peer.eventfds)
 
     # -- teardown --------------------------------------------------------------------------
 
@@ -801,6 +849,14 @@ def _close_fds(fds: list[int]) -> None:
         except OSError:
             pass
     fds.clear()
+
+
+def _unread_bytes(sock: socket.socket) -> int:
+    """Bytes we sent on ``sock`` that its reader has not taken yet (SIOCOUTQ)."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+    except OSError:
+        return 1  # unknown: count it as unread
 
 
 def _raise_nofile_limit() -> None:
@@ -1014,6 +1070,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     kind, value = args.shm
+    if kind == "name" and "/" in value.strip("/"):
+        parser.error(f"argument -M: a shm name has no '/' inside: {value!r}")
     server = IvshmemServer(
         args.socket_path,
         shm_size=args.size,

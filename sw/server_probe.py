@@ -293,6 +293,10 @@ class ServerProcess:
         Where its stderr goes (read it with ``log()``).
     preexec_fn:
         Run in the child before exec (e.g. to lower ``RLIMIT_NOFILE``).
+    timeout:
+        Seconds to wait for it to listen.
+    prefix:
+        A command that runs the server (e.g. ``setpriv ...``).
     """
 
     def __init__(
@@ -302,12 +306,22 @@ class ServerProcess:
         log_path: str | os.PathLike[str],
         preexec_fn: object = None,
         timeout: float = 10.0,
+        prefix: Sequence[str] = (),
     ) -> None:
         self.socket_path = os.fspath(socket_path)
         self.log_path = Path(log_path)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ivhw.sw.server", "-F", "-S", self.socket_path, *args],
+                [
+                    *prefix,
+                    sys.executable,
+                    "-m",
+                    "ivhw.sw.server",
+                    "-F",
+                    "-S",
+                    self.socket_path,
+                    *args,
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,

@@ -92,6 +92,7 @@ def test_parse_size_rejects_garbage(text: str) -> None:
         (["-F", "--allow-uid", "root"], "not a numeric id"),
         (["-F", "--stall-timeout", "-1"], "must not be negative"),
         (["-F", "extra"], "unrecognized arguments"),
+        (["-F", "-M", "a/b"], "a shm name has no '/' inside"),
     ],
 )
 def test_bad_arguments_give_one_line_and_status_2(
@@ -265,3 +266,18 @@ def test_last_of_m_and_M_wins(tmp_path: Path, shm: str) -> None:
     path = tmp_path / "w.sock"
     with ServerProcess(path, ["-m", str(tmp_path), "-M", shm], tmp_path / "log"):
         assert Path("/dev/shm", shm).exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["-m", "/nonexistent/dir"], "cannot create shm file in /nonexistent/dir: "),
+        (["-S", "/nonexistent/dir/s.sock"], "cannot listen on /nonexistent/dir/s.sock: "),
+        (["-S", "/tmp/" + "x" * 120], "cannot listen on /tmp/xxx"),
+    ],
+)
+def test_start_errors_give_one_line_and_status_1(argv: list[str], expected: str, shm: str) -> None:
+    result = run_cli("-F", "-M", shm, *argv) if "-m" not in argv else run_cli("-F", *argv)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"ivshmem-server: {expected}"), lines

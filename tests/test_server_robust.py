@@ -10,16 +10,18 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support import require_tool
 
 import ivhw.sw.server as server_module
 from ivhw.sw.server import IvshmemServer
-from ivhw.sw.server_probe import RawClient, ServerProcess, fd_count
+from ivhw.sw.server_probe import CountingSwarm, RawClient, ServerProcess, fd_count
 
 StartServer = Callable[..., IvshmemServer]
 
@@ -203,39 +205,63 @@ def test_peer_that_stops_reading_is_disconnected(
     assert reader.recv_n(8)[0][1] == 1
 
 
-def test_departed_peers_queued_fds_are_still_delivered(
+def test_departing_peer_is_announced_consistently_to_a_backlogged_reader(
     start_server: StartServer, clients: list[RawClient]
 ) -> None:
     server = start_server(vectors=8, stall_timeout=None)
-    slow = connect(server, clients)  # does not read for now
+    slow = connect(server, clients)  # reads only now and then
     wait_for(lambda: server.peer_ids == [0])
+    slow_peer = server._peers[0]
     baseline = fd_count()
-    cycles = 0
-    while not server.write_waits:
+    stream: list[tuple[int, int]] = []
+
+    def read(count: int) -> None:
+        for _ in range(count):
+            message = slow.recv()
+            assert message is not None
+            stream.append((message[0], len(message[1])))
+            for fd in message[1]:
+                os.close(fd)
+        slow.fds.clear()
+
+    def head_is_partly_sent() -> bool:
+        queue = slow_peer.queue
+        return bool(queue) and queue[0].kind == server_module._VECTORS and queue[0].next > 0
+
+    # visitors come and go until the slow reader's socket is full in the middle of
+    # a visitor's vectors (else read some and try again: the cut falls elsewhere)
+    for _ in range(300):
         visit(server)
-        cycles += 1
-        assert cycles < 1000
-    # now the slow peer's socket is full: a peer joins and leaves while queued for it
-    late = connect(server, clients)
-    late_id, _shm = late.handshake()
-    late.close()
-    clients.remove(late)
+        wait_for(lambda: server.peer_ids == [0])
+        if slow_peer.want_write:
+            if head_is_partly_sent():
+                break
+            read(200)
+    else:
+        raise AssertionError("never caught the slow reader in the middle of a visitor's vectors")
+    partly = slow_peer.queue[0].peer
+    # the partly announced visitor has left: its eventfds wait for the rest to go out
+    assert server._zombies == {partly}
+    assert fd_count() == baseline + 8
+    # a visitor the slow reader has not heard of yet: arrival and departure cancel out
+    late = visit(server)
     wait_for(lambda: server.peer_ids == [0])
-    assert server._zombies, "the departed peer's eventfds should wait for the slow reader"
-    assert fd_count() > baseline
-    # everything arrives: vectors of each visitor, then its departure
-    assert slow.recv_n(3 + 8) == [(0, 0), (0, 0), (-1, 1)] + [(0, 1)] * 8
-    messages = []
-    for _ in range(cycles + 1):
-        messages += slow.recv_n(9)
-        for fd in slow.fds[9:]:
-            os.close(fd)
-        del slow.fds[9:]
-    assert check_visits(messages, 8) == [*range(1, cycles + 1), late_id]
-    wait_for(lambda: not server._zombies and server.pending() == 0)
-    for fd in slow.fds:
-        os.close(fd)
-    slow.fds.clear()
+    assert server._zombies == {partly}
+    assert fd_count() == baseline + 8
+    # a marker peer that stays tells when the slow reader has caught up
+    marker = connect(server, clients)
+    marker_id = marker.handshake()[0]
+    while stream[-8:] != [(marker_id, 1)] * 8:
+        read(1)
+    seen = check_visits(stream[3 + 8 : -8], 8)
+    assert stream[: 3 + 8] == [(0, 0), (0, 0), (-1, 1)] + [(0, 1)] * 8
+    assert partly.id in seen
+    assert late not in seen
+    assert not server._zombies
+    marker.close()
+    read(1)
+    assert stream[-1] == (marker_id, 0)
+    wait_for(lambda: server.peer_ids == [0] and server.pending() == 0)
     assert fd_count() == baseline
 
 
@@ -347,3 +373,74 @@ def test_out_of_fds_refuses_the_new_peer_only(
                 client.close()
         assert server.stop() == 0
         assert "Traceback" not in server.log()
+
+
+def _without_resource_caps() -> list[str]:
+    """Prefix that runs a command without CAP_SYS_RESOURCE/CAP_SYS_ADMIN, as a user of its own.
+
+    Only without those capabilities does the kernel limit the fds in flight and
+    make sendmsg fail with ETOOMANYREFS; root in CI has both. The limit counts
+    all fds in flight of the sender's real user, so an unused real uid keeps
+    tests running in parallel out of each other's way (the effective uid stays 0
+    so that the interpreter remains readable).
+    """
+    setpriv = require_tool("setpriv")
+    ruid = 100_000 + uuid.uuid4().int % 1_000_000
+    return [setpriv, f"--ruid={ruid}", "--bounding-set=-sys_resource,-sys_admin"]
+
+
+def test_kernel_fd_in_flight_limit_is_waited_out(tmp_path: Path, shm: str) -> None:
+    path = tmp_path / "inflight.sock"
+    with ServerProcess(
+        path,
+        ["-v", "-M", shm, "-n", "8"],
+        tmp_path / "log",
+        preexec_fn=_low_fd_limit(300),
+        prefix=_without_resource_caps(),
+    ) as server:
+        swarm = CountingSwarm(path, 24, 8)
+        try:
+            result = swarm.run(timeout=60)
+        finally:
+            swarm.close()
+        assert result.complete, result.errors[:3]
+        assert result.messages == 24 * (3 + 24 * 8)
+        assert "too many fds in flight, retrying" in server.log()
+
+
+def test_only_the_peer_that_stops_reading_is_blamed_for_the_fd_limit(
+    start_server: StartServer,
+    clients: list[RawClient],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # the kernel's limit counts all fds in flight of the user: while a stalled reader
+    # holds them, every peer waits, but only the one with unread data is to blame
+    caplog.set_level(logging.INFO, logger="ivhw.sw.server")
+    real_send = server_module.send_message
+    limit_hit = threading.Event()
+
+    def send(sock: socket.socket, value: int, fd: int | None = None) -> None:
+        if fd is not None and limit_hit.is_set():
+            raise OSError(errno.ETOOMANYREFS, os.strerror(errno.ETOOMANYREFS))
+        real_send(sock, value, fd)
+
+    monkeypatch.setattr(server_module, "send_message", send)
+    server = start_server(vectors=2, stall_timeout=0.3)
+    reader = connect(server, clients)
+    stalled = connect(server, clients)  # never reads
+    assert reader.recv_n(3 + 2 + 2) == [(0, 0), (0, 0), (-1, 1)] + [(0, 1)] * 2 + [(1, 1)] * 2
+    wait_for(lambda: server.pending() == 0)
+    limit_hit.set()
+    newcomer = connect(server, clients)
+    assert newcomer.recv_n(2) == [(0, 0), (2, 0)]  # the shm fd has to wait
+    time.sleep(1.0)  # several stall timeouts
+    assert server.peer_ids == [0, 2]
+    assert server.fd_retries > 0
+    limit_hit.clear()
+    assert reader.recv_n(3) == [(2, 1)] * 2 + [(1, 0)]
+    # it never got the stalled peer's vectors, so it is not told of its departure either
+    assert newcomer.recv_n(5) == [(-1, 1)] + [(0, 1)] * 2 + [(2, 1)] * 2
+    stopped = [r.getMessage() for r in caplog.records if "stopped reading" in r.getMessage()]
+    assert len(stopped) == 1 and stopped[0].startswith("peer 1 stopped reading")
+    assert stalled.at_eof()
