@@ -232,8 +232,10 @@ class IvshmemServer:
     max_peers:
         Refuse connections beyond this many peers (``None``: the 65536 IDs).
     stall_timeout:
-        Disconnect a client that has not taken a pending message for this many
-        seconds (``None`` or 0: never).
+        Disconnect a client that leaves sent messages unread while more wait for
+        it, with no progress for this many seconds (``None`` or 0: never). A
+        client that has read everything is never blamed, even when the kernel's
+        per-user limit on fds in flight (someone else's unread fds) holds it up.
     queue_limit:
         Disconnect a client whose outbound queue exceeds this many announcements.
     raise_fd_limit:

@@ -232,3 +232,19 @@ def test_context_manager_without_a_loop(tmp_path: Path) -> None:
 def test_bad_parameters_raise_value_error(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         IvshmemServer("/nonexistent/x.sock", **kwargs)  # type: ignore[arg-type]
+
+
+def test_peer_library_works_with_the_server(start_server: StartServer) -> None:
+    from ivhw.sw.peer import Doorbell, Peer, PeerJoined, PeerLeft
+
+    server = start_server(vectors=3, shm_size=1 << 16)
+    with Peer(server.socket_path, vectors=3) as a:
+        with Peer(server.socket_path, vectors=3) as b:
+            assert (a.id, b.id) == (0, 1)
+            assert b.peers == {0: 3} and b.shm_size == 1 << 16
+            assert a.wait(PeerJoined, timeout=5) == PeerJoined(1)
+            b.memory[0:4] = b"ring"
+            b.ring(0, 2)
+            assert a.wait(Doorbell, timeout=5) == Doorbell(2, 1)
+            assert a.memory[0:4] == b"ring"
+        assert a.wait(PeerLeft, timeout=5) == PeerLeft(1)
