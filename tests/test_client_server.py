@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from conftest import StartServer
 from test_client import read_until
 
 from ivhw.sw.peer import Doorbell, Peer, PeerJoined, PeerLeft
@@ -17,13 +16,8 @@ CLIENT = [sys.executable, "-m", "ivhw.sw.client"]
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[IvshmemServer]:
-    srv = IvshmemServer(str(tmp_path / "ivshmem.sock"), shm_size=1 << 20, vectors=2)
-    srv.serve_in_background()
-    try:
-        yield srv
-    finally:
-        srv.stop()
+def server(start_server: StartServer) -> IvshmemServer:
+    return start_server(shm_size=1 << 20, vectors=2)
 
 
 def test_piped_commands_ring_a_real_peer(server: IvshmemServer) -> None:

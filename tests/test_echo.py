@@ -7,10 +7,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from conftest import StartServer
 
 from ivhw.sw import echo
 from ivhw.sw.peer import Peer
@@ -18,12 +17,9 @@ from ivhw.sw.server import IvshmemServer
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[IvshmemServer]:
+def server(start_server: StartServer) -> IvshmemServer:
     """An in-process server with 2 vectors and 64 KiB of memfd shared memory."""
-    srv = IvshmemServer(tmp_path / "ivshmem.sock", shm_size=0x20000, vectors=2)
-    srv.serve_in_background()
-    yield srv
-    srv.stop()
+    return start_server(shm_size=0x20000, vectors=2)
 
 
 def _responder(peer: Peer, stop: threading.Event) -> threading.Thread:

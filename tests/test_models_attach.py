@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
+from conftest import StartServer
 
 from ivhw.sw.models import IvshmemPci
 from ivhw.sw.models.attach import Attached, attach_flat, attach_pci
@@ -20,13 +20,8 @@ SHM_SIZE = 1 << 16
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[IvshmemServer]:
-    srv = IvshmemServer(str(tmp_path / "ivshmem.sock"), shm_size=SHM_SIZE, vectors=VECTORS)
-    srv.serve_in_background()
-    try:
-        yield srv
-    finally:
-        srv.stop()
+def server(start_server: StartServer) -> IvshmemServer:
+    return start_server(shm_size=SHM_SIZE, vectors=VECTORS)
 
 
 def pump_until(att: Attached, done: Callable[[], bool], timeout: float = 5.0) -> None:

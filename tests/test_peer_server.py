@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import StartServer
 from fakeserver import open_fds
 
 from ivhw.sw.peer import Doorbell, Peer, PeerJoined, PeerLeft, PeerVector, ServerGone
@@ -17,13 +17,8 @@ VECTORS = 4
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[IvshmemServer]:
-    srv = IvshmemServer(str(tmp_path / "ivshmem.sock"), shm_size=1 << 16, vectors=VECTORS)
-    srv.serve_in_background()
-    try:
-        yield srv
-    finally:
-        srv.stop()
+def server(start_server: StartServer) -> IvshmemServer:
+    return start_server(shm_size=1 << 16, vectors=VECTORS)
 
 
 def _announced(peer: Peer, other: int) -> None:

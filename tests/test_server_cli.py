@@ -9,29 +9,15 @@ import stat
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import shm_name
 
 from ivhw.sw.server import main, parse_size
 from ivhw.sw.server_probe import RawClient, ServerProcess
 
 SERVER = [sys.executable, "-m", "ivhw.sw.server"]
-
-
-def shm_name() -> str:
-    """A /dev/shm name no other test uses."""
-    return f"ivhw-test-{uuid.uuid4().hex}"
-
-
-@pytest.fixture
-def shm() -> Iterator[str]:
-    """A unique POSIX shm name, removed after the test whatever happened."""
-    name = shm_name()
-    yield name
-    Path("/dev/shm", name).unlink(missing_ok=True)
 
 
 def run_cli(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:

@@ -5,48 +5,14 @@ from __future__ import annotations
 import mmap
 import os
 import select
-import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from conftest import StartServer, shm_name
 
 from ivhw.sw.protocol import MAX_PEER_ID
 from ivhw.sw.server import IvshmemServer, pow2ceil
 from ivhw.sw.server_probe import RawClient
-
-StartServer = Callable[..., IvshmemServer]
-
-
-@pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[StartServer]:
-    """Start in-process servers in background threads; all are stopped at teardown."""
-    servers: list[IvshmemServer] = []
-
-    def start(**kwargs: object) -> IvshmemServer:
-        path = kwargs.pop("socket_path", tmp_path / f"s{len(servers)}.sock")
-        server = IvshmemServer(path, **kwargs)  # type: ignore[arg-type]
-        servers.append(server)
-        server.serve_in_background()
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
-
-
-@pytest.fixture
-def clients() -> Iterator[list[RawClient]]:
-    """Raw clients to close at teardown."""
-    made: list[RawClient] = []
-    yield made
-    for client in made:
-        client.close()
-
-
-def shm_name() -> str:
-    """A /dev/shm name no other test uses."""
-    return f"ivhw-test-{uuid.uuid4().hex}"
 
 
 def connect(server: IvshmemServer, clients: list[RawClient]) -> RawClient:

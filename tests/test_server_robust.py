@@ -13,50 +13,16 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import StartServer
 from support import require_tool
 
 import ivhw.sw.server as server_module
 from ivhw.sw.server import IvshmemServer
 from ivhw.sw.server_probe import CountingSwarm, RawClient, ServerProcess, fd_count
-
-StartServer = Callable[..., IvshmemServer]
-
-
-@pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[StartServer]:
-    """Start in-process servers in background threads; all are stopped at teardown."""
-    servers: list[IvshmemServer] = []
-
-    def start(**kwargs: object) -> IvshmemServer:
-        server = IvshmemServer(tmp_path / f"s{len(servers)}.sock", **kwargs)  # type: ignore[arg-type]
-        servers.append(server)
-        server.serve_in_background()
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
-
-
-@pytest.fixture
-def clients() -> Iterator[list[RawClient]]:
-    """Raw clients to close at teardown."""
-    made: list[RawClient] = []
-    yield made
-    for client in made:
-        client.close()
-
-
-@pytest.fixture
-def shm() -> Iterator[str]:
-    """A unique POSIX shm name, removed after the test whatever happened."""
-    name = f"ivhw-test-{uuid.uuid4().hex}"
-    yield name
-    Path("/dev/shm", name).unlink(missing_ok=True)
 
 
 def connect(server: IvshmemServer, clients: list[RawClient]) -> RawClient:

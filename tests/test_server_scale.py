@@ -6,21 +6,11 @@ import os
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ivhw.sw.server_probe import CountingSwarm, RawClient, ServerProcess
-
-
-@pytest.fixture
-def shm() -> Iterator[str]:
-    """A unique POSIX shm name, removed after the test whatever happened."""
-    name = f"ivhw-test-{uuid.uuid4().hex}"
-    yield name
-    Path("/dev/shm", name).unlink(missing_ok=True)
 
 
 def rss_kib(pid: int) -> int:
