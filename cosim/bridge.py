@@ -21,7 +21,8 @@ seconds, to notice a stop request) and the process sleeps. An eventfd that fires
 wakes it at once; the event enters the device in the next cycle. While anything
 is active (bus traffic, doorbells, events queued, the guest computing) the
 bridge polls the fds without blocking every ``IVHW_COSIM_POLL_CYCLES`` cycles
-(default 32), which bounds the wake latency while busy to that many cycles.
+(default 8), which bounds the wake latency while busy to that many cycles, and
+every cycle while the guest waits for an interrupt but the device still drains.
 
 The run ends when the guest returns, on SIGTERM/SIGINT, after
 ``IVHW_COSIM_SECONDS``, or when the server goes away (exit status 3). The
@@ -57,8 +58,12 @@ __all__ = ["AxiLiteBus", "Bridge", "BridgeConfig", "load_guest"]
 
 #: Seconds one blocking wait lasts before the bridge re-checks its stop conditions.
 _BLOCK_SLICE = 0.2
-#: Cycles without transport activity before the device counts as idle.
-_QUIET_CYCLES = 8
+#: Cycles without transport activity before the device counts as idle (a doorbell
+#: leaves the device's FIFO within 2 cycles of the bus write that queued it).
+_QUIET_CYCLES = 3
+#: Quiet cycles after which an event that produced no interrupt (a masked vector)
+#: no longer keeps the bridge awake.
+_UNSIGNALLED_GRACE = 64
 #: Latency samples kept for the statistics.
 _MAX_SAMPLES = 100_000
 
@@ -79,7 +84,7 @@ class BridgeConfig:
     guest: str = "echo"
     guest_args: dict[str, str] = field(default_factory=dict)
     status_file: str | None = None
-    poll_cycles: int = 32
+    poll_cycles: int = 8
     seconds: float | None = None
 
     @classmethod
@@ -95,7 +100,7 @@ class BridgeConfig:
             guest=env.get("IVHW_COSIM_GUEST", "echo"),
             guest_args=json.loads(env.get("IVHW_COSIM_GUEST_ARGS", "{}")),
             status_file=env.get("IVHW_COSIM_STATUS"),
-            poll_cycles=max(1, int(env.get("IVHW_COSIM_POLL_CYCLES", "32"))),
+            poll_cycles=max(1, int(env.get("IVHW_COSIM_POLL_CYCLES", "8"))),
             seconds=float(seconds) if seconds else None,
         )
 
@@ -301,7 +306,8 @@ class Bridge:
             "mem_writes": 0,
             "blocks": 0,
             "blocked_seconds": 0.0,
-            "wake_to_ring": [],  # (seconds, cycles) from an eventfd wake to the next doorbell
+            # (seconds, cycles, wake time, ring time) from an eventfd wake to the next doorbell
+            "wake_to_ring": [],
             "wake_to_irq": [],  # (seconds, cycles) from an eventfd wake to the interrupt
         }
 
@@ -455,10 +461,19 @@ class Bridge:
                 print(f"[bridge] peer {event.peer} {what}", flush=True)
 
     def _open_waiter(self) -> None:
-        """One epoll over the peer's fd and the CLI's stop FIFO (if any)."""
+        """One epoll over the own eventfds, the peer's fd and the CLI's stop FIFO (if any).
+
+        The own eventfds are read here directly (one ``epoll_wait`` and one ``read`` per
+        doorbell, the shortest path from a ring to the device); ``Peer.fileno()`` is for
+        the server's messages (peers joining and leaving), which are not urgent.
+        """
         assert self.peer is not None
         self._waiter = select.epoll()
-        self._waiter.register(self.peer.fileno(), select.EPOLLIN)
+        self._own = {fd: vector for vector, fd in enumerate(self.peer.eventfds(self.peer.id))}
+        for fd in self._own:
+            self._waiter.register(fd, select.EPOLLIN)
+        self._peer_fd = self.peer.fileno()
+        self._waiter.register(self._peer_fd, select.EPOLLIN)
         self._stop_fd = -1
         path = os.environ.get("IVHW_COSIM_STOP_FIFO")
         if path:
@@ -481,11 +496,29 @@ class Bridge:
         ready = self._waiter.poll(timeout)
         if not ready:
             return
+        doorbells: list[object] = []
+        peer_ready = False
+        own = self._own
         for fd, _mask in ready:
-            if fd == self._stop_fd:
+            vector = own.get(fd)
+            if vector is not None:
+                try:
+                    count = int.from_bytes(os.read(fd, 8), "little")
+                except BlockingIOError:
+                    continue
+                doorbells.append(Doorbell(vector, count))
+            elif fd == self._peer_fd:
+                peer_ready = True
+            elif fd == self._stop_fd:
                 self._stop_requested = True
         if self._stop_requested:
             raise _Stop(STATUS_OK, "stopped by a signal")
+        if doorbells:
+            # the peer's epoll also saw these fds: its turn comes at the next wait
+            self._take(doorbells)
+            return
+        if not peer_ready:
+            return
         try:
             events = self.peer.poll(0)
         except ServerGone:
@@ -525,6 +558,7 @@ class Bridge:
         self._acked = False
         self._r_pending = False
         self._quiet = 0
+        self._unsignalled = 0
         self._limit = (
             None if self.config.seconds is None else time.monotonic() + self.config.seconds
         )
@@ -544,6 +578,7 @@ class Bridge:
         if self._db_valid() == "1":
             active = True
             target, vector = DOORBELL.unpack(self._db_payload() & 0xFFFF_FFFF)
+            rang = time.perf_counter()  # CLOCK_MONOTONIC: comparable across processes
             try:
                 peer.ring(target, vector)
                 stats["doorbells"] += 1
@@ -552,7 +587,7 @@ class Bridge:
             if self._wake_time is not None:
                 self._sample(
                     "wake_to_ring",
-                    (time.perf_counter() - self._wake_time, cycle - self._wake_cycle),
+                    (rang - self._wake_time, cycle - self._wake_cycle, self._wake_time, rang),
                 )
                 self._wake_time = None
         # -- shared memory (mem.ready is always high) --------------------------------------
@@ -592,6 +627,7 @@ class Bridge:
         # -- interrupt -----------------------------------------------------------------------
         if self._irq() == "1":
             active = True
+            self._unsignalled = max(0, self._unsignalled - 1)
             self._irqs += 1
             stats["irqs"] += 1
             if self._irq_mark is not None:
@@ -603,6 +639,7 @@ class Bridge:
         if self._ev_driving and self._ev_ready() == "1":
             self._ev_driving = False
             self._events.popleft()
+            self._unsignalled += 1  # its interrupt is due within a few cycles
         if not self._ev_driving:
             if self._events:
                 self._ev_payload.value = self._events[0]
@@ -616,7 +653,10 @@ class Bridge:
         self._quiet = 0 if active else self._quiet + 1
         if self._stop_requested:
             raise _Stop(STATUS_OK, "stopped by a signal")
-        if cycle % self.config.poll_cycles == 0:
+        # while the guest waits for an interrupt, its cycles are idle draining: look at the
+        # fds every cycle (a syscall costs far less than a simulated cycle); while it runs,
+        # every poll_cycles cycles
+        if self._guest_waiting or cycle % self.config.poll_cycles == 0:
             self._poll(0)
             self._check_deadlines()
 
@@ -638,7 +678,11 @@ class Bridge:
                 # the guest's bus driver advances the clock and serves the transport
                 await self._bus_idle.wait()
                 continue
-            idle = self._quiet >= _QUIET_CYCLES and not self._events
+            idle = (
+                self._quiet >= _QUIET_CYCLES
+                and not self._events
+                and (not self._unsignalled or self._quiet >= _UNSIGNALLED_GRACE)
+            )
             if idle and (self._guest_waiting or self._no_guest):
                 # nothing can happen in the simulation until an fd fires: sleep in epoll
                 self._check_deadlines()

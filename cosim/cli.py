@@ -89,8 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--waves", type=Path, metavar="FILE", help="write a waveform to FILE")
     parser.add_argument("--seconds", type=float, help="leave after this many seconds")
     parser.add_argument(
-        "--poll-cycles", type=int, default=32,
-        help="while busy, poll the eventfds every N cycles (default 32)",
+        "--poll-cycles", type=int, default=8,
+        help="while busy, poll the eventfds every N cycles (default 8)",
     )  # fmt: skip
     parser.add_argument("--status", type=Path, help="write the outcome and statistics as JSON")
     parser.add_argument("--build-dir", type=Path, help="build cache (default build/cosim)")

@@ -24,7 +24,7 @@ def test_peer_leaving_mid_run(domain: Domain, tmp_path: Path, sim: str) -> None:
     staying = domain.peer()
     leaving = domain.peer()
     target = device_id(staying)
-    check_echo(leaving, target, b"before leaving")
+    check_echo(leaving, target, b"before leaving", device)
     # publish a request, ring, and leave before the answer: the device's doorbell to a
     # departed peer is dropped, nothing else changes
     memory = leaving.memory
@@ -38,7 +38,7 @@ def test_peer_leaving_mid_run(domain: Domain, tmp_path: Path, sim: str) -> None:
     leaving.close()
     assert staying.wait(PeerLeft, timeout=10) == PeerLeft(leaving_id)
     for n in range(3):
-        check_echo(staying, target, b"still served %d" % n)
+        check_echo(staying, target, b"still served %d" % n, device)
     assert device.stop() == 0, device.output()
     assert f"peer {leaving_id} left" in device.output()
 
@@ -46,7 +46,7 @@ def test_peer_leaving_mid_run(domain: Domain, tmp_path: Path, sim: str) -> None:
 def test_server_dying_ends_the_bridge(domain: Domain, tmp_path: Path, sim: str) -> None:
     device = start_device(domain, tmp_path, sim)
     host = domain.peer()
-    check_echo(host, device_id(host), b"before the server dies")
+    check_echo(host, device_id(host), b"before the server dies", device)
     domain.server.stop()
     status = device.wait(30)
     output = device.output()
@@ -65,7 +65,7 @@ def test_simulator_crash_is_dropped_and_others_continue(
     host = domain.peer()
     other = domain.peer()
     target = device_id(host)
-    check_echo(host, target, b"before the crash")
+    check_echo(host, target, b"before the crash", device)
     os.kill(device.simulator_pid(), signal.SIGKILL)
     assert host.wait(PeerLeft, timeout=10) == PeerLeft(target)
     domain.wait_peer_count(2, timeout=10)

@@ -1,0 +1,288 @@
+"""Echo round trip through the co-simulation bridge, against a raw eventfd round trip.
+
+``python -m bench.cosim_rtt [--quick] [--requests N] [--idle SECONDS] [--sims icarus,verilator]``
+
+For each simulator: a server, the simulated ivshmem-flat device running the
+``echo`` guest (``ivshmem-cosim``) and a host peer that sends echo requests
+(``ivhw.sw.echo.request``) and measures each round trip. The bridge records,
+for every request, the wall time and the clock cycles from the moment its
+``epoll`` returned with the doorbell to the moment the reply doorbell left the
+device: that is the *simulated cycles* part. The rest of the round trip is the
+*bridge overhead* (eventfd wake of the simulator, the host's own wake, the
+Python on both sides). Baseline, measured in the same run: a raw ping-pong
+between two processes on two eventfds, each side waiting in ``epoll`` as the
+bridge and the peer library do.
+
+Then the device is left idle (the guest waits for an interrupt) and the CPU
+time of the simulator process and of the CLI over a few seconds is measured.
+
+Targets: bridge overhead (median) <= 2 x the raw eventfd round trip (median);
+idle CPU < 5 % of a core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+OVERHEAD_TARGET = 2.0
+IDLE_TARGET = 0.05
+_VECTORS = 1
+_SHM_SIZE = 1 << 20
+_CLK_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _raw_rtt(count: int, hold: float = 0.0, gap: float = 0.0) -> list[float]:
+    """Round trips of a two-process eventfd ping-pong, both sides waiting in epoll.
+
+    With ``hold``, the echoing side sleeps that long before answering (as the
+    simulator computes before it rings back) and the time it held is subtracted;
+    with ``gap``, the pinging side sleeps between round trips. Both make every wake
+    a cold one, as in the bridge's round trips, where each side has slept.
+    """
+    ping, pong = os.eventfd(0), os.eventfd(0)
+    report_r, report_w = os.pipe()
+    child = os.fork()
+    if child == 0:  # the echoing side
+        try:
+            os.close(report_r)
+            epoll = select.epoll()
+            epoll.register(ping, select.EPOLLIN)
+            held = []
+            for _ in range(count + 1):
+                epoll.poll()
+                os.read(ping, 8)
+                woke = time.perf_counter()
+                if hold:
+                    time.sleep(hold)
+                wrote = time.perf_counter()
+                os.write(pong, (1).to_bytes(8, "little"))
+                held.append(wrote - woke)
+            with os.fdopen(report_w, "w") as report:
+                report.write(" ".join(map(repr, held)))
+        finally:
+            os._exit(0)
+    os.close(report_w)
+    epoll = select.epoll()
+    epoll.register(pong, select.EPOLLIN)
+    rtts = []
+    for _ in range(count + 1):
+        if gap:
+            time.sleep(gap)
+        start = time.perf_counter()
+        os.write(ping, (1).to_bytes(8, "little"))
+        epoll.poll()
+        os.read(pong, 8)
+        rtts.append(time.perf_counter() - start)
+    with os.fdopen(report_r) as report:
+        held = [float(x) for x in report.read().split()]
+    os.waitpid(child, 0)
+    os.close(ping)
+    os.close(pong)
+    # the first round trip wakes a cold child
+    return [rtt - h for rtt, h in zip(rtts[1:], held[1:], strict=True)]
+
+
+def _request(host: object, target: int, payload: bytes) -> tuple[float, float]:
+    """One echo request as ``ivhw.sw.echo.request`` makes it; (ring time, reply seen time)."""
+    from ivhw.sw import echo
+    from ivhw.sw.peer import Doorbell
+
+    memory = host.memory  # type: ignore[attr-defined]
+    own = host.id  # type: ignore[attr-defined]
+    box, reply = echo.outbox(own), echo.inbox(own)
+    memory[reply + 4 : reply + 8] = bytes(4)
+    memory[box : box + 4] = target.to_bytes(4, "little")
+    memory[box + 8 : box + 8 + len(payload)] = payload
+    memory[box + 4 : box + 8] = len(payload).to_bytes(4, "little")
+    start = time.perf_counter()
+    host.ring(target, 0)  # type: ignore[attr-defined]
+    while not int.from_bytes(memory[reply + 4 : reply + 8], "little"):
+        host.wait(lambda e: isinstance(e, Doorbell), 30)  # type: ignore[attr-defined]
+    end = time.perf_counter()
+    if bytes(memory[reply + 8 : reply + 8 + len(payload)]) != echo.invert(payload):
+        raise RuntimeError("wrong echo reply")
+    return start, end
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TICK  # utime + stime
+
+
+def _median_us(values: list[float]) -> float:
+    return statistics.median(values) * 1e6
+
+
+def _p90_us(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))] * 1e6
+
+
+def _breakdown(windows: list[tuple[float, float]], stats: dict[str, Any]) -> dict[str, float]:
+    """Pair each request with the bridge's wake -> ring inside it (one monotonic clock)."""
+    rtts, sim_seconds, cycles, to_device, back = [], [], [], [], []
+    samples = sorted(stats["wake_to_ring"], key=lambda s: s[2])
+    for start, end in windows:
+        inside = [s for s in samples if start <= s[2] and s[3] <= end]
+        if len(inside) != 1:
+            continue
+        seconds, count, woke, rang = inside[0]
+        rtts.append(end - start)
+        sim_seconds.append(seconds)
+        cycles.append(count)
+        to_device.append(woke - start)
+        back.append(end - rang)
+    if not rtts:
+        raise RuntimeError("no request could be paired with the bridge's samples")
+    overhead = [a + b for a, b in zip(to_device, back, strict=True)]
+    return {
+        "rtt": _median_us(rtts),
+        "rtt_p90": _p90_us(rtts),
+        "sim": _median_us(sim_seconds),
+        "cycles": statistics.median(cycles),
+        "us_per_cycle": _median_us(sim_seconds) / max(statistics.median(cycles), 1),
+        "overhead": _median_us(overhead),
+        "overhead_p90": _p90_us(overhead),
+        "to_device": _median_us(to_device),
+        "back": _median_us(back),
+        "samples": len(rtts),
+    }
+
+
+def _run_sim(sim: str, requests: int, idle: float, gap: float, tmp: Path) -> dict[str, Any]:
+    from ivhw.cosim.build import build
+    from ivhw.cosim.process import CosimProcess
+    from ivhw.sw.peer import Peer, PeerJoined
+    from ivhw.sw.server import IvshmemServer
+
+    build("flat", sim, vectors=_VECTORS, shm_size=_SHM_SIZE)
+    sock = tmp / f"{sim}.sock"
+    server = IvshmemServer(str(sock), shm_size=_SHM_SIZE, vectors=_VECTORS)
+    server.serve_in_background()
+    device = None
+    windows: dict[str, list[tuple[float, float]]] = {"back-to-back": [], "spaced": []}
+    try:
+        with Peer(str(sock), vectors=_VECTORS) as host:
+            device = CosimProcess(
+                sock, tmp, name=sim, sim=sim, vectors=_VECTORS, shm_size=_SHM_SIZE
+            ).start()
+            deadline = time.monotonic() + 120
+            while not host.peers:
+                if device.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the {sim} device did not join:\n{device.output()}")
+                try:
+                    host.wait(PeerJoined, timeout=0.5)
+                except TimeoutError:
+                    pass
+            target = min(host.peers)
+            warmup = 5
+            for mode, pause in (("back-to-back", 0.0), ("spaced", gap)):
+                for n in range(warmup + requests):
+                    if pause:
+                        time.sleep(pause)  # the device is asleep in epoll when the request comes
+                    window = _request(host, target, b"cosim round trip %04d" % n)
+                    if n >= warmup:
+                        windows[mode].append(window)
+            time.sleep(0.5)  # let the device settle into its idle wait
+            sim_pid = device.simulator_pid()
+            cpu0 = _cpu_seconds(sim_pid) + _cpu_seconds(device.pid)
+            wall0 = time.monotonic()
+            time.sleep(idle)
+            cpu1 = _cpu_seconds(sim_pid) + _cpu_seconds(device.pid)
+            idle_cpu = (cpu1 - cpu0) / (time.monotonic() - wall0)
+        if device.stop() != 0:
+            raise RuntimeError(f"the {sim} device failed:\n{device.output()}")
+        stats = device.status()["stats"]
+    finally:
+        if device is not None:
+            device.stop()
+        server.stop()
+    wake_irq = stats["wake_to_irq"][-requests:]
+    return {
+        "modes": {mode: _breakdown(w, stats) for mode, w in windows.items()},
+        "wake_irq_us": _median_us([s for s, _ in wake_irq]),
+        "wake_irq_cycles": statistics.median([c for _, c in wake_irq]),
+        "idle_cpu": idle_cpu,
+        "blocks": stats["blocks"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print a Markdown report; status 1 if a target is missed."""
+    parser = argparse.ArgumentParser(prog="python -m bench.cosim_rtt", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer requests, shorter idle")
+    parser.add_argument("--requests", type=int, help="echo requests per simulator (default 200)")
+    parser.add_argument("--idle", type=float, help="seconds of idle CPU measurement (default 5)")
+    parser.add_argument("--sims", default="icarus,verilator", help="comma-separated simulators")
+    parser.add_argument(
+        "--gap", type=float, default=0.005, help="seconds between spaced requests (default 0.005)"
+    )
+    args = parser.parse_args(argv)
+    requests = args.requests or (30 if args.quick else 200)
+    idle = args.idle or (1.5 if args.quick else 5.0)
+    sims = [s for s in args.sims.split(",") if s]
+    gap = args.gap
+    bindir = str(Path(sys.executable).parent)
+    os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+
+    raw = _raw_rtt(max(requests * 5, 200))
+    raw_us = _median_us(raw)
+    cold = _raw_rtt(requests, hold=0.002, gap=gap)
+    cold_us = _median_us(cold)
+    print(f"raw eventfd round trip (2 processes, epoll): hot median {raw_us:.1f} us "
+          f"(p90 {_p90_us(raw):.1f}); cold (2 ms hold, {gap * 1e3:g} ms gap) median "
+          f"{cold_us:.1f} us (p90 {_p90_us(cold):.1f})", flush=True)  # fmt: skip
+    failed = False
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ivhw-bcosim-") as tmp:
+        for sim in sims:
+            result = _run_sim(sim, requests, idle, gap, Path(tmp))
+            print(f"{sim}: {result}", flush=True)
+            ok_idle = result["idle_cpu"] < IDLE_TARGET
+            failed |= not ok_idle
+            for mode, r in result["modes"].items():
+                ratio = r["overhead"] / raw_us
+                cold_ratio = r["overhead"] / cold_us
+                ok_overhead = ratio <= OVERHEAD_TARGET
+                failed |= not ok_overhead
+                rows.append(
+                    f"| {sim} | {mode} | {r['rtt']:.0f} ({r['rtt_p90']:.0f}) | "
+                    f"{r['sim']:.0f} = {r['cycles']:.0f} cycles x {r['us_per_cycle']:.1f} us | "
+                    f"{r['overhead']:.0f} ({r['overhead_p90']:.0f}) "
+                    f"= {r['to_device']:.0f} + {r['back']:.0f} | "
+                    f"{ratio:.1f}x {'ok' if ok_overhead else 'MISSED'} | {cold_ratio:.1f}x |"
+                )
+            rows.append(
+                f"| {sim} | idle | eventfd wake -> IRQ {result['wake_irq_us']:.0f} us "
+                f"({result['wake_irq_cycles']:.0f} cycles) | | | idle CPU "
+                f"{result['idle_cpu'] * 100:.2f} % of a core {'ok' if ok_idle else 'MISSED'} | |"
+            )
+    print()
+    print(f"{requests} echo requests per simulator and mode (21-byte payloads; spaced: "
+          f"{gap * 1e3:g} ms apart), idle {idle:g} s; raw eventfd round trip median "
+          f"{raw_us:.1f} us hot, {cold_us:.1f} us cold")  # fmt: skip
+    print()
+    print(
+        "| sim | requests | round trip us, median (p90) | simulated part us | bridge "
+        "overhead us, median (p90) = ring -> sim wake + sim ring -> host wake | "
+        "overhead / raw (hot) | overhead / raw (cold) |"
+    )
+    print("|---|---|---:|---|---|---|---|")
+    for row in rows:
+        print(row)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
