@@ -1,0 +1,323 @@
+"""Test bench of the ivshmem PCI endpoint: drivers of its ports and the model beside it.
+
+:class:`TB` owns the clock, drives the transaction interface
+(:mod:`ivhw.hdl.pci.tlp`), plays the transport (peer lookups, doorbell sink,
+events, shared memory) and collects MSI-X messages; :class:`Oracle` applies the
+same requests to the register model (``ivhw.sw.models.pci.IvshmemPci``) and says
+what the endpoint must answer. Every port is sampled at the rising edge (the
+values the flip-flops see) and driven right after it.
+
+Environment: ``IVHW_PCI_PARAMS`` (JSON of the endpoint parameters), ``IVHW_SEED``.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import random
+from typing import Any
+
+import cocotb
+from cocotb.clock import Clock
+from cocotb.triggers import RisingEdge, with_timeout
+
+from ivhw.hdl.pci.tlp import Completion, CplStatus, MsiMessage, ReqKind, Request
+from ivhw.sw.models._mmio import access_of_mask
+from ivhw.sw.models.pci import IvshmemPci
+from ivhw.sw.pcicfg import BARS
+from ivhw.sw.regmap import DOORBELL
+
+__all__ = ["PARAMS", "TB", "Oracle", "pack", "seed", "unpack"]
+
+PARAMS: dict[str, Any] = json.loads(os.environ.get("IVHW_PCI_PARAMS", "{}"))
+SC, UR = CplStatus.SC.value, CplStatus.UR.value
+
+
+def seed() -> int:
+    """The random seed: ``IVHW_SEED`` or a fresh one, logged so that it can be rerun."""
+    value = int(os.environ.get("IVHW_SEED", "0")) or random.randrange(1, 1 << 32)
+    cocotb.log.info("seed %d (rerun with IVHW_SEED=%d)", value, value)
+    return value
+
+
+def pack(layout: Any, **fields: int) -> int:
+    """The integer of a struct ``layout`` with ``fields`` (others 0)."""
+    value = 0
+    for name, field in layout:
+        value |= (int(fields.get(name, 0)) & ((1 << field.width) - 1)) << field.offset
+    return value
+
+
+def unpack(layout: Any, value: int) -> dict[str, int]:
+    """The fields of a struct ``layout`` in ``value``."""
+    return {name: (value >> f.offset) & ((1 << f.width) - 1) for name, f in layout}
+
+
+def model_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The register model's parameters for the endpoint's."""
+    keep = ("doorbell", "vectors", "shm_size", "interrupts")
+    return {k: v for k, v in params.items() if k in keep}
+
+
+class Oracle:
+    """The register model seen through the transaction interface: what must each request do."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.model = IvshmemPci(**model_params(params))
+        self.msis: list[tuple[int, int]] = []
+        self.doorbells: list[tuple[int, int]] = []
+        self.intx_changes = 0
+        self.events_dropped = 0
+        self.model.on_msi = lambda a, d: self.msis.append((a, d))
+        self.model.on_doorbell = lambda p, v: self.doorbells.append((p, v))
+
+    def bars(self) -> list[tuple[int, int]]:
+        """``(index, size)`` of the model's BARs."""
+        out = [(BARS.regs.index, BARS.regs.size)]
+        if self.model.msix:
+            out.append((BARS.msix.index, BARS.msix.size))
+        out.append((BARS.shm.index, self.model.shm.size))
+        return out
+
+    def decode(self, addr: int) -> tuple[int, int] | None:
+        for index, size in self.bars():
+            base = self.model.bar_address(index)
+            if base is not None and base <= addr < base + size:
+                return index, addr - base
+        return None
+
+    def request(self, kind: ReqKind, addr: int, be: int, data: int) -> tuple[int, int | None]:
+        """``(status, read data or None)`` the endpoint must complete with."""
+        m = self.model
+        if kind is ReqKind.CFG_READ:
+            return SC, m.config_read(addr & 0xFFC, 4)
+        if kind is ReqKind.CFG_WRITE:
+            m.config_write_mask(addr & 0xFFC, data, be)
+            return SC, None
+        hit = self.decode(addr & ~3)
+        if hit is None:
+            return UR, None
+        index, off = hit
+        write = kind is ReqKind.MEM_WRITE
+        if index == BARS.shm.index:
+            if write:
+                for i in range(4):
+                    if be >> i & 1:
+                        m.shm_write(off + i, (data >> (8 * i)) & 0xFF, 1)
+                return SC, None
+            return SC, m.shm_read(off, 4)
+        if write:
+            m.bar_write_mask(index, off, data, be)
+            return SC, None
+        if be == 0:
+            return SC, 0
+        access = access_of_mask(be)
+        if access is None:
+            m.counters.bad_access += 1
+            return SC, 0
+        lane, size = access
+        return SC, m.bar_read(index, off + lane, size) << (8 * lane)
+
+    def event(self, vector: int) -> None:
+        if not self.model.doorbell or not 0 <= vector < self.model.vectors:
+            self.events_dropped += 1
+            return
+        before = self.model.counters.events_dropped
+        self.model.event(vector)
+        self.events_dropped += self.model.counters.events_dropped - before
+
+
+class TB:
+    """Clock, reset, transaction driver and transport of one endpoint; the oracle beside it."""
+
+    def __init__(self, dut: Any, params: dict[str, Any] | None = None, rng_seed: int = 1) -> None:
+        self.dut = dut
+        self.params = PARAMS if params is None else params
+        self.rng = random.Random(rng_seed)
+        self.oracle = Oracle(self.params)
+        self.shm = bytearray(self.oracle.model.shm.size)
+        self.msis: list[tuple[int, int]] = []
+        self.doorbells: list[tuple[int, int]] = []
+        self.events: collections.deque[int] = collections.deque()
+        self.doorbell_ready_p = 0.7
+        self.msi_ready_p = 0.8
+        self.on_msi: Any = None
+        self._read_reply: int | None = None
+        self._acked = False
+        self._cpl: tuple[int, int] | None = None
+        self._ident: int | None = None
+        for name in (
+            "req__valid",
+            "req__payload",
+            "cpl__ready",
+            "msi__ready",
+            "doorbell__ready",
+            "event__valid",
+            "event__payload",
+            "peers__ack",
+            "peers__vectors",
+            "mem__ready",
+            "mem__r_valid",
+            "mem__r_data",
+            "ident__valid",
+            "ident__id",
+        ):
+            getattr(dut, name).value = 0  # fmt: skip
+        dut.rst.value = 1
+        Clock(dut.clk, 10, unit="ns").start()
+        self._task: Any = None
+
+    async def cycle_reset(self) -> None:
+        self.dut.rst.value = 1
+        for _ in range(3):
+            await RisingEdge(self.dut.clk)
+        self.dut.rst.value = 0
+        await RisingEdge(self.dut.clk)
+        if self._task is None:
+            self._task = cocotb.start_soon(self._ports())
+
+    # -- transport side ---------------------------------------------------------------------
+
+    def set_ident(self, peer: int | None) -> None:
+        """The server assigned ``peer`` (``None``: not yet); the model learns it too."""
+        self._ident = peer
+        self.dut.ident__id.value = 0 if peer is None else peer
+        self.dut.ident__valid.value = int(peer is not None)
+        if peer is not None and self.oracle.model.doorbell:
+            self.oracle.model.set_id(peer)
+
+    def set_peer(self, peer: int, vectors: int) -> None:
+        self.oracle.model.set_peer(peer, vectors)
+
+    async def _ports(self) -> None:
+        dut, rng = self.dut, self.rng
+        while True:
+            await RisingEdge(dut.clk)
+            # what happened at this edge
+            if int(dut.msi__valid.value) and int(dut.msi__ready.value):
+                msg = unpack(MsiMessage, int(dut.msi__payload.value))
+                self.msis.append((msg["addr"], msg["data"]))
+                if self.on_msi is not None:
+                    self.on_msi(msg["addr"], msg["data"])
+            if int(dut.doorbell__valid.value) and int(dut.doorbell__ready.value):
+                self.doorbells.append(DOORBELL.unpack(int(dut.doorbell__payload.value)))
+            if int(dut.event__valid.value) and int(dut.event__ready.value):
+                self.events.popleft()
+            if int(dut.cpl__valid.value) and int(dut.cpl__ready.value):
+                cpl = unpack(Completion, int(dut.cpl__payload.value))
+                self._cpl = (cpl["status"], cpl["data"])
+            mem_take = int(dut.mem__valid.value) and int(dut.mem__ready.value)
+            mem_req = (int(dut.mem__we.value), int(dut.mem__addr.value) * 4,
+                       int(dut.mem__w_data.value), int(dut.mem__sel.value))  # fmt: skip
+            peer_req = int(dut.peers__req.value) and not self._acked
+            # what to offer before the next edge
+            dut.mem__r_valid.value = 0
+            if self._read_reply is not None:
+                dut.mem__r_valid.value = 1
+                dut.mem__r_data.value = self._read_reply
+                self._read_reply = None
+            if mem_take:
+                we, addr, w_data, sel = mem_req
+                if we:
+                    for i in range(4):
+                        if sel >> i & 1:
+                            self.shm[addr + i] = (w_data >> (8 * i)) & 0xFF
+                else:
+                    self._read_reply = int.from_bytes(self.shm[addr : addr + 4], "little")
+            dut.mem__ready.value = int(rng.random() < 0.8)
+            dut.peers__ack.value = 0
+            self._acked = False
+            if peer_req and rng.random() < 0.6:
+                dut.peers__vectors.value = self.oracle.model.peers.get(
+                    int(dut.peers__peer.value), 0
+                )
+                dut.peers__ack.value = 1
+                self._acked = True
+            dut.doorbell__ready.value = int(rng.random() < self.doorbell_ready_p)
+            dut.msi__ready.value = int(rng.random() < self.msi_ready_p)
+            dut.cpl__ready.value = int(rng.random() < 0.8)
+            if self.events:
+                dut.event__valid.value = 1
+                dut.event__payload.value = self.events[0]
+            else:
+                dut.event__valid.value = 0
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def request(
+        self, kind: ReqKind, addr: int, be: int = 0xF, data: int = 0
+    ) -> tuple[int, int]:
+        """One request through the endpoint: ``(status, data)`` of its completion."""
+        dut = self.dut
+        dut.req__payload.value = pack(Request, kind=kind.value, addr=addr, be=be, data=data)
+        dut.req__valid.value = 1
+        self._cpl = None
+
+        async def wait() -> None:
+            while True:
+                await RisingEdge(dut.clk)
+                if int(dut.req__ready.value):
+                    break
+            dut.req__valid.value = 0
+            while self._cpl is None:
+                await RisingEdge(dut.clk)
+
+        await with_timeout(wait(), 20, "us")
+        assert self._cpl is not None
+        return self._cpl
+
+    async def settle(self, cycles: int = 12) -> None:
+        """Let the endpoint deliver pending messages and the sinks drain."""
+        dut = self.dut
+        for _ in range(cycles):
+            await RisingEdge(dut.clk)
+        for _ in range(5000):  # a slow sink: wait until nothing is offered any more
+            if not (int(dut.msi__valid.value) or int(dut.doorbell__valid.value)):
+                break
+            await RisingEdge(dut.clk)
+        for _ in range(4):
+            await RisingEdge(dut.clk)
+
+    async def event(self, vector: int) -> None:
+        """One inbound event on ``vector``, taken by the endpoint."""
+        self.events.append(vector)
+
+        async def wait() -> None:
+            while self.events:
+                await RisingEdge(self.dut.clk)
+
+        await with_timeout(wait(), 20, "us")
+
+    # -- the differential step ----------------------------------------------------------------
+
+    async def access(self, kind: ReqKind, addr: int, be: int = 0xF, data: int = 0) -> int:
+        """A request on the endpoint and on the model; everything observable must agree."""
+        status, value = await self.request(kind, addr, be, data)
+        want_status, want = self.oracle.request(kind, addr, be, data)
+        what = f"{kind.name} {addr:#x} be={be:#x} data={data:#x}"
+        assert status == want_status, f"{what}: status {status}, model {want_status}"
+        if want is not None:
+            assert value == want, f"{what}: read {value:#010x}, model {want:#010x}"
+        await self.check(what)
+        return value
+
+    async def ring(self, vector: int) -> None:
+        """An inbound event on the endpoint and on the model, then the comparison."""
+        await self.event(vector)
+        self.oracle.event(vector)
+        await self.check(f"event {vector}")
+
+    async def check(self, what: str) -> None:
+        await self.settle()
+        o, dut = self.oracle, self.dut
+        assert self.msis == o.msis, f"after {what}: MSI-X {self.msis} model {o.msis}"
+        assert self.doorbells == o.doorbells, (
+            f"after {what}: doorbells {self.doorbells} model {o.doorbells}"
+        )
+        assert int(dut.intx.value) == int(o.model.intx), f"after {what}: INTx differs"
+        c = o.model.counters
+        got = (int(dut.doorbell_bad_peer.value), int(dut.doorbell_bad_vector.value),
+               int(dut.bad_access.value), int(dut.events_dropped.value))  # fmt: skip
+        want = (c.bad_peer, c.bad_vector, c.bad_access, o.events_dropped)
+        assert got == want, f"after {what}: counters {got} model {want}"
