@@ -58,9 +58,10 @@ __all__ = ["AxiLiteBus", "Bridge", "BridgeConfig", "load_guest"]
 
 #: Seconds one blocking wait lasts before the bridge re-checks its stop conditions.
 _BLOCK_SLICE = 0.2
-#: Cycles without transport activity before the device counts as idle (a doorbell
-#: leaves the device's FIFO within 2 cycles of the bus write that queued it).
-_QUIET_CYCLES = 3
+#: Cycles without bus or transport activity before the device counts as idle (a
+#: doorbell leaves the device's FIFO within 2 cycles of the bus write that queued it,
+#: and a blocked bridge would hold it until the next wake).
+_QUIET_CYCLES = 4
 #: Quiet cycles after which an event that produced no interrupt (a masked vector)
 #: no longer keeps the bridge awake.
 _UNSIGNALLED_GRACE = 64
@@ -237,6 +238,7 @@ class _ServedBus:
             return await self._inner.read(addr)
         finally:
             bridge._bus_busy = False
+            bridge._quiet = 0  # bus traffic is activity: effects may still be in flight
             bridge._bus_idle.set()
 
     async def write(self, addr: int, value: int, strb: int = 0xF) -> None:
@@ -247,6 +249,7 @@ class _ServedBus:
             await self._inner.write(addr, value, strb)
         finally:
             bridge._bus_busy = False
+            bridge._quiet = 0  # a doorbell leaves the device's FIFO after the write's ack
             bridge._bus_idle.set()
 
 

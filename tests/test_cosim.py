@@ -185,3 +185,40 @@ def test_bad_arguments_one_line(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["--socket", "x", "--vectors", "99"])
     assert exit_info.value.code == 2
+
+
+GUEST_MODULE = '''
+async def hello(g):
+    """Write through the device's shared-memory window, then ring the host on vector 1."""
+    host = int(g.args["host"])
+    await g.shm_write(0x201, b"from the simulated CPU")  # unaligned: byte enables
+    await g.shm_write32(0x220, g.id)
+    assert await g.shm_read(0x201, 22) == b"from the simulated CPU"
+    assert await g.read("IVPOSITION") == g.id
+    await g.ring(host, 1)
+    g.log(f"rang peer {host}")
+    assert await g.wait_irq(10) >= 1  # the host rings back
+    g.log("got the interrupt")
+'''
+
+
+def test_user_guest_module(
+    domain: Domain, tmp_path: Path, sim: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "my_guest.py").write_text(GUEST_MODULE)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    host = domain.peer()
+    memory = host.memory
+    assert memory is not None
+    memory[0x200:0x240] = b"\xee" * 0x40
+    device = start_device(
+        domain, tmp_path, sim, guest="my_guest:hello", guest_args={"host": host.id}
+    )
+    event = host.wait(Doorbell, timeout=JOIN_TIMEOUT)
+    assert event.vector == 1  # type: ignore[union-attr]
+    assert bytes(memory[0x200:0x218]) == b"\xee" + b"from the simulated CPU" + b"\xee"
+    dev_id = int.from_bytes(memory[0x220:0x224], "little")
+    assert dev_id in host.peers or host.poll(0.1) is not None
+    host.ring(dev_id, 0)
+    assert device.wait(60) == 0, device.output()
+    assert "got the interrupt" in device.output()
