@@ -1,6 +1,8 @@
 """``ivshmem-hdl``: generate Verilog for the ivshmem devices.
 
     ivshmem-hdl verilog flat [--vectors N] [--shm-size SIZE] [--bus axil|wishbone] -o FILE
+    ivshmem-hdl verilog pci [--vectors N] [--shm-size SIZE] [--interrupts msix|intx] [--plain]
+        -o FILE
 
 Each device registers a builder in ``DEVICES`` (name -> how to add its options
 and how to build it from them), so a new device is one entry plus its options.
@@ -46,16 +48,20 @@ class Device:
     help: str
     add_options: Callable[[argparse.ArgumentParser], None]
     build: Callable[[argparse.Namespace], object]
+    #: whether the device sits behind a ``--bus`` front-end (the PCI endpoint has its own
+    #: transaction interface instead)
+    bus: bool = True
 
 
-def _flat_options(parser: argparse.ArgumentParser) -> None:
+def _flat_options(parser: argparse.ArgumentParser, default_vectors: int | None = None) -> None:
     from ..sw.regmap import MAX_VECTORS
 
+    vectors = MAX_VECTORS if default_vectors is None else default_vectors
     parser.add_argument(
         "--vectors",
         type=_integer,
-        default=MAX_VECTORS,
-        help=f"own vectors, 1..{MAX_VECTORS} (default {MAX_VECTORS})",
+        default=vectors,
+        help=f"own vectors, 1..{MAX_VECTORS} (default {vectors})",
     )
     parser.add_argument(
         "--shm-size", type=parse_size, default=4 << 20,
@@ -69,9 +75,34 @@ def _flat_build(args: argparse.Namespace) -> object:
     return IvshmemFlat(vectors=args.vectors, shm_size=args.shm_size)
 
 
+def _pci_options(parser: argparse.ArgumentParser) -> None:
+    _flat_options(parser, default_vectors=1)
+    parser.add_argument(
+        "--interrupts", choices=("msix", "intx"), default=None,
+        help="MSI-X (default, QEMU 7.2 ivshmem-doorbell) or legacy INTx",
+    )  # fmt: skip
+    parser.add_argument(
+        "--plain", action="store_true", help="ivshmem-plain: shared memory only, no interrupts"
+    )
+
+
+def _pci_build(args: argparse.Namespace) -> object:
+    from .pci import IvshmemPci
+
+    if args.plain:
+        return IvshmemPci(doorbell=False, shm_size=args.shm_size, interrupts=args.interrupts)
+    return IvshmemPci(vectors=args.vectors, shm_size=args.shm_size, interrupts=args.interrupts)
+
+
 #: Devices ``ivshmem-hdl verilog`` can generate.
 DEVICES: dict[str, Device] = {
     "flat": Device("ivshmem-flat (QEMU hw/misc/ivshmem-flat.c)", _flat_options, _flat_build),
+    "pci": Device(
+        "ivshmem PCI endpoint, revision 1 (ivshmem-doorbell / ivshmem-plain)",
+        _pci_options,
+        _pci_build,
+        bus=False,
+    ),
 }
 
 
@@ -98,14 +129,16 @@ def _parser() -> argparse.ArgumentParser:
     for name, device in DEVICES.items():
         sub = devices.add_parser(name, help=device.help)
         device.add_options(sub)
+        if device.bus:
+            sub.add_argument(
+                "--bus",
+                choices=("axil", "wishbone"),
+                default="axil",
+                help="bus front-end (default axil)",
+            )
+        default_name = "ivshmem_<device>_<bus>" if device.bus else f"ivshmem_{name}"
         sub.add_argument(
-            "--bus",
-            choices=("axil", "wishbone"),
-            default="axil",
-            help="bus front-end (default axil)",
-        )
-        sub.add_argument(
-            "--name", default=None, help="Verilog module name (default ivshmem_<device>_<bus>)"
+            "--name", default=None, help=f"Verilog module name (default {default_name})"
         )
         sub.add_argument("-o", "--output", required=True, type=Path,
                          help="Verilog file to write ('-' for stdout)")  # fmt: skip
@@ -122,8 +155,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TypeError, ValueError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
-    top = _front_end(args.bus, device)
-    name = args.name or f"ivshmem_{args.device}_{args.bus}"
+    if DEVICES[args.device].bus:
+        top = _front_end(args.bus, device)
+        name = args.name or f"ivshmem_{args.device}_{args.bus}"
+    else:
+        top = device
+        name = args.name or f"ivshmem_{args.device}"
 
     from amaranth.back import verilog
 

@@ -30,7 +30,12 @@ def test_writes_verilog(tmp_path: Path, bus: str, port: str) -> None:
         (["verilog", "flat", "--shm-size", "3K"], "power of two, not 3072"),
         (["verilog", "flat", "--shm-size", "3Q"], "not '3Q'"),
         (["verilog", "flat", "--bus", "apb"], "invalid choice: 'apb'"),
-        (["verilog", "pci"], "invalid choice: 'pci'"),
+        (["verilog", "isa"], "invalid choice: 'isa'"),
+        (["verilog", "pci", "--vectors", "0"], "vectors must be 1..64, not 0"),
+        (["verilog", "pci", "--interrupts", "msi"], "invalid choice: 'msi'"),
+        (["verilog", "pci", "--plain", "--interrupts", "intx"], "ivshmem-plain has no interrupts"),
+        (["verilog", "pci", "--shm-size", "8"], "shm_size must be >= 16, not 8"),
+        (["verilog", "pci", "--bus", "axil"], "unrecognized arguments: --bus"),
         (["verilog", "flat"], "required: -o/--output"),
         (["verilog", "flat", "-o", "/nonexistent/dir/x.v"], "cannot write"),
     ],
@@ -46,6 +51,27 @@ def test_bad_arguments_one_line_exit_2(
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
     assert message in err
+
+
+@pytest.mark.parametrize(
+    "options, present, absent",
+    [
+        ([], ["msi__payload", "req__payload", "cpl__payload", "doorbell__payload"], []),
+        (["--vectors", "8", "--interrupts", "intx"], ["intx", "req__payload"], []),
+        (["--plain", "--shm-size", "1M"], ["mem__addr", "req__payload"], []),
+    ],
+)
+def test_writes_pci_verilog(
+    tmp_path: Path, options: list[str], present: list[str], absent: list[str]
+) -> None:
+    out = tmp_path / "pci.v"
+    assert main(["verilog", "pci", *options, "-o", str(out)]) == 0
+    text = out.read_text()
+    assert "module ivshmem_pci(" in text
+    for port in present:
+        assert port in text
+    for port in absent:
+        assert port not in text
 
 
 def test_parse_size() -> None:
