@@ -51,8 +51,9 @@ from cocotb.triggers import Event as SimEvent
 from cocotb.triggers import RisingEdge
 
 from ..sw.peer import Doorbell, Peer, PeerJoined, PeerLeft, ServerGone
-from ..sw.regmap import DOORBELL, FLAT_REGS, MAX_VECTORS
+from ..sw.regmap import DOORBELL, FLAT_REGS, MAX_VECTORS, PCI_REV1_REGS
 from .guest import BusError, Guest, GuestFunction
+from .pci import MSI_DATA_BASE, TransactionError, TransactionPort, enumerate_endpoint
 
 __all__ = ["AxiLiteBus", "Bridge", "BridgeConfig", "load_guest"]
 
@@ -226,31 +227,33 @@ class _ServedBus:
     roughly halves the Python work per simulated cycle.
     """
 
-    def __init__(self, bridge: Bridge, inner: AxiLiteBus) -> None:
+    def __init__(self, bridge: Bridge, inner: Any) -> None:
         self._bridge = bridge
         self._inner = inner
 
-    async def read(self, addr: int) -> int:
+    async def _served(self, operation: Awaitable[Any]) -> Any:
         bridge = self._bridge
         bridge._bus_busy = True
         bridge._bus_idle.clear()
         try:
-            return await self._inner.read(addr)
+            return await operation
         finally:
             bridge._bus_busy = False
-            bridge._quiet = 0  # bus traffic is activity: effects may still be in flight
+            # bus traffic is activity: a doorbell leaves the FIFO after the write's ack
+            bridge._quiet = 0
             bridge._bus_idle.set()
 
+    async def read(self, addr: int) -> int:
+        return await self._served(self._inner.read(addr))  # type: ignore[no-any-return]
+
     async def write(self, addr: int, value: int, strb: int = 0xF) -> None:
-        bridge = self._bridge
-        bridge._bus_busy = True
-        bridge._bus_idle.clear()
-        try:
-            await self._inner.write(addr, value, strb)
-        finally:
-            bridge._bus_busy = False
-            bridge._quiet = 0  # a doorbell leaves the device's FIFO after the write's ack
-            bridge._bus_idle.set()
+        await self._served(self._inner.write(addr, value, strb))
+
+    async def cfg_read(self, offset: int) -> int:
+        return await self._served(self._inner.cfg_read(offset))  # type: ignore[no-any-return]
+
+    async def cfg_write(self, offset: int, value: int, be: int = 0xF) -> None:
+        await self._served(self._inner.cfg_write(offset, value, be))
 
 
 class _Stop(Exception):
@@ -305,6 +308,7 @@ class Bridge:
             "doorbells": 0,
             "doorbells_lost": 0,
             "irqs": 0,
+            "msix": {},  # MSI-X messages by vector (PCI)
             "mem_reads": 0,
             "mem_writes": 0,
             "blocks": 0,
@@ -377,7 +381,11 @@ class Bridge:
         dut = self.dut
         Clock(dut.clk, 10, unit="ns").start()
         self._drive_idle()
-        bus = _ServedBus(self, AxiLiteBus(dut, self.tick))  # drives AXI idle through reset
+        pci = self.config.device == "pci"
+        if pci:
+            bus = _ServedBus(self, TransactionPort(dut, self.tick))
+        else:
+            bus = _ServedBus(self, AxiLiteBus(dut, self.tick))  # drives AXI idle in reset
         dut.ident__id.value = peer.id
         dut.ident__valid.value = 1
         dut.rst.value = 1
@@ -399,13 +407,28 @@ class Bridge:
             finished.set()
 
         transport = cocotb.start_soon(track(self._transport()))
+        regs, regs_base, shm_base = FLAT_REGS, 0, self.config.shm_size
+        if pci:
+            try:
+                layout = await enumerate_endpoint(bus)  # type: ignore[arg-type]
+            except TransactionError as error:
+                transport.cancel()
+                peer.close()
+                return STATUS_FAILED, f"PCI enumeration failed: {error}"
+            regs, regs_base, shm_base = PCI_REV1_REGS, layout.bar0, layout.bar2
+            print(
+                f"[bridge] PCI endpoint enumerated: BAR0 {layout.bar0:#x}, BAR1 "
+                f"{layout.bar1:#x}, BAR2 {layout.bar2:#x} ({layout.shm_size // 1024} KiB), "
+                f"MSI-X {layout.vectors} vectors enabled",
+                flush=True,
+            )
         guest_task = None
         if guest_function is not None:
             guest = Guest(
                 bus,
-                FLAT_REGS,
-                regs_base=0,
-                shm_base=self.config.shm_size,
+                regs,
+                regs_base=regs_base,
+                shm_base=shm_base,
                 shm_size=self.config.shm_size,
                 host=self,
                 args=self.config.guest_args,
@@ -556,7 +579,14 @@ class Bridge:
         self._mem_we, self._mem_wdata = _bit(dut.mem__we), _word(dut.mem__w_data)
         self._mem_sel = _word(dut.mem__sel)
         self._mem_rdata, self._mem_rvalid = dut.mem__r_data, dut.mem__r_valid
-        self._irq = _bit(dut.irq)
+        if self.config.device == "pci":
+            # an MSI-X write on the msi port is the CPU's interrupt (msi.ready stays high)
+            dut.msi__ready.value = 1
+            self._irq = _bit(dut.msi__valid)
+            self._msi_payload = dut.msi__payload._handle.get_signal_val_binstr
+        else:
+            self._irq = _bit(dut.irq)
+            self._msi_payload = None
         self._ev_driving = False
         self._acked = False
         self._r_pending = False
@@ -630,6 +660,9 @@ class Bridge:
         # -- interrupt -----------------------------------------------------------------------
         if self._irq() == "1":
             active = True
+            if self._msi_payload is not None:
+                vector = ((int(self._msi_payload(), 2) >> 64) & 0xFFFF_FFFF) - MSI_DATA_BASE
+                stats["msix"][vector] = stats["msix"].get(vector, 0) + 1
             self._unsignalled = max(0, self._unsignalled - 1)
             self._irqs += 1
             stats["irqs"] += 1

@@ -58,13 +58,10 @@ def _flat_top(vectors: int, shm_size: int) -> object:
 
 
 def _pci_top(vectors: int, shm_size: int) -> object:
-    try:
-        from ..hdl import pci  # type: ignore[attr-defined]
-    except ImportError:
-        raise ValueError(
-            "the PCI endpoint (ivhw.hdl.pci) is not in this tree yet; use --device flat"
-        ) from None
-    return pci.IvshmemPci(vectors=vectors, shm_size=shm_size)  # pragma: no cover
+    from ..hdl.pci import IvshmemPci
+
+    # the doorbell variant with MSI-X, as QEMU 7.2's ivshmem-doorbell
+    return IvshmemPci(vectors=vectors, shm_size=shm_size)
 
 
 #: Device kinds ``ivshmem-cosim --device`` accepts.
@@ -101,8 +98,8 @@ def _sources_hash() -> str:
     for path in sorted(_HDL_DIR.rglob("*.py")):
         digest.update(path.relative_to(_HDL_DIR).as_posix().encode())
         digest.update(path.read_bytes())
-    regmap = _HDL_DIR.parent / "sw" / "regmap.py"
-    digest.update(regmap.read_bytes())
+    for shared in ("regmap.py", "pcicfg.py"):  # definitions the gateware is built from
+        digest.update((_HDL_DIR.parent / "sw" / shared).read_bytes())
     return digest.hexdigest()[:12]
 
 

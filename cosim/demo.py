@@ -115,9 +115,11 @@ def _run(tmp: Path, args: argparse.Namespace) -> int:
     status = 1
     try:
         _wait_for(sock.exists, "the server socket", 10, lambda: server.poll() is None)
-        _say("demo", f"starting the simulated ivshmem-flat device ({args.sim}, echo guest)")
+        kind = "ivshmem-flat" if args.device == "flat" else "ivshmem PCI endpoint"
+        _say("demo", f"starting the simulated {kind} ({args.sim}, echo guest)")
         device = CosimProcess(
-            sock, tmp, sim=args.sim, vectors=_VECTORS, shm_size=_SHM_SIZE, guest="echo",
+            sock, tmp, sim=args.sim, device=args.device, vectors=_VECTORS, shm_size=_SHM_SIZE,
+            guest="echo",
             waves=args.waves, stdout=subprocess.PIPE,
         ).start()  # fmt: skip
         assert device.process is not None and device.process.stdout is not None
@@ -205,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns 0 when every reply was right and everything shut down."""
     parser = argparse.ArgumentParser(prog="python -m ivhw.cosim.demo", description=__doc__)
     parser.add_argument("--sim", choices=("verilator", "icarus"), default="verilator")
+    parser.add_argument(
+        "--device", choices=("flat", "pci"), default="flat",
+        help="the simulated device: ivshmem-flat (AXI4-Lite) or the PCI endpoint",
+    )  # fmt: skip
     parser.add_argument("--waves", metavar="FILE", help="write the device's waveform to FILE")
     parser.add_argument("-v", "--verbose", action="store_true", help="show the simulator's log")
     args = parser.parse_args(argv)

@@ -92,8 +92,10 @@ class Guest:
         self._host = host
         self.args = dict(args or {})
         self.id = -1
-        self._doorbell = next(r.name for r in regs if r.name.lower() == "doorbell")
-        self._ivposition = next(r.name for r in regs if r.name.lower() == "ivposition")
+        # names as in ivhw.sw.regmap, in any case (IVPOSITION on flat, IVPosition on PCI)
+        self._by_name = {r.name.lower(): r for r in regs}
+        self._doorbell = "doorbell"
+        self._ivposition = "ivposition"
 
     async def start(self) -> None:
         """Read the own peer ID from the device (called by the bridge before the guest runs)."""
@@ -101,13 +103,20 @@ class Guest:
 
     # -- registers -------------------------------------------------------------------------
 
+    def _register(self, name: str) -> int:
+        try:
+            return self._regs_base + self._by_name[name.lower()].offset
+        except KeyError:
+            names = ", ".join(r.name for r in self._regs)
+            raise ValueError(f"no register {name!r} on this device ({names})") from None
+
     async def read(self, name: str) -> int:
-        """Read register ``name`` (names from ``ivhw.sw.regmap``)."""
-        return await self._bus.read(self._regs_base + self._regs[name].offset)
+        """Read register ``name`` (names from ``ivhw.sw.regmap``, any case)."""
+        return await self._bus.read(self._register(name))
 
     async def write(self, name: str, value: int) -> None:
         """Write register ``name``."""
-        await self._bus.write(self._regs_base + self._regs[name].offset, value & 0xFFFF_FFFF)
+        await self._bus.write(self._register(name), value & 0xFFFF_FFFF)
 
     async def ring(self, peer: int, vector: int) -> None:
         """Ring ``peer`` on ``vector`` through the Doorbell register."""

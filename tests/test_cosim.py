@@ -13,6 +13,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,17 +29,27 @@ VECTORS = 2
 SHM_SIZE = 1 << 20
 JOIN_TIMEOUT = 60.0
 SIMS = [
-    pytest.param("icarus", marks=pytest.mark.icarus),
-    pytest.param("verilator", marks=pytest.mark.verilator),
+    pytest.param(("icarus", "flat"), marks=pytest.mark.icarus, id="icarus-flat"),
+    pytest.param(("verilator", "flat"), marks=pytest.mark.verilator, id="verilator-flat"),
+    pytest.param(("icarus", "pci"), marks=pytest.mark.icarus, id="icarus-pci"),
+    pytest.param(("verilator", "pci"), marks=pytest.mark.verilator, id="verilator-pci"),
 ]
 
 
+@dataclass(frozen=True)
+class Target:
+    """A simulator and a device kind to run the bridge with."""
+
+    sim: Target
+    device: str
+
+
 @pytest.fixture(params=SIMS)
-def sim(request: pytest.FixtureRequest) -> str:
-    name = request.param
+def sim(request: pytest.FixtureRequest) -> Target:
+    name, device = request.param
     require_tool("iverilog" if name == "icarus" else "g++")
-    build("flat", name, vectors=VECTORS, shm_size=SHM_SIZE)
-    return str(name)
+    build(device, name, vectors=VECTORS, shm_size=SHM_SIZE)
+    return Target(name, device)
 
 
 @pytest.fixture
@@ -48,7 +59,7 @@ def domain() -> Iterator[Domain]:
 
 
 def start_device(
-    domain: Domain, tmp_path: Path, sim: str, name: str = "dev", **options: object
+    domain: Domain, tmp_path: Path, sim: Target, name: str = "dev", **options: object
 ) -> CosimProcess:
     """Start a simulated device and wait until the server has admitted it."""
     before = set(domain.server.peer_ids)
@@ -56,7 +67,8 @@ def start_device(
         domain.socket_path,
         tmp_path,
         name=name,
-        sim=sim,
+        sim=sim.sim,
+        device=sim.device,
         vectors=VECTORS,
         shm_size=SHM_SIZE,
         **options,  # type: ignore[arg-type]
@@ -101,7 +113,7 @@ def check_echo(
     return reply
 
 
-def test_host_peer_echo(domain: Domain, tmp_path: Path, sim: str) -> None:
+def test_host_peer_echo(domain: Domain, tmp_path: Path, sim: Target) -> None:
     device = start_device(domain, tmp_path, sim)
     host = domain.peer()
     target = device_id(host)
@@ -114,7 +126,7 @@ def test_host_peer_echo(domain: Domain, tmp_path: Path, sim: str) -> None:
     assert "echo device up as peer" in device.output()
 
 
-def test_requests_of_several_peers_at_once(domain: Domain, tmp_path: Path, sim: str) -> None:
+def test_requests_of_several_peers_at_once(domain: Domain, tmp_path: Path, sim: Target) -> None:
     device = start_device(domain, tmp_path, sim)
     hosts = [domain.peer() for _ in range(3)]
     target = device_id(hosts[0])
@@ -138,7 +150,7 @@ def test_requests_of_several_peers_at_once(domain: Domain, tmp_path: Path, sim: 
     assert device.stop() == 0, device.output()
 
 
-def test_coalesced_ring_still_interrupts(domain: Domain, tmp_path: Path, sim: str) -> None:
+def test_coalesced_ring_still_interrupts(domain: Domain, tmp_path: Path, sim: Target) -> None:
     """An eventfd counter above 1 (rings coalesced) is one event and still an interrupt."""
     device = start_device(domain, tmp_path, sim)
     host = domain.peer()
@@ -164,7 +176,7 @@ def test_coalesced_ring_still_interrupts(domain: Domain, tmp_path: Path, sim: st
     assert device.status()["stats"]["coalesced"] == (2 - 1) + (7 - 1)
 
 
-def test_two_simulated_devices_echo_and_ping(domain: Domain, tmp_path: Path, sim: str) -> None:
+def test_two_simulated_devices_echo_and_ping(domain: Domain, tmp_path: Path, sim: Target) -> None:
     echo_device = start_device(domain, tmp_path, sim, name="echo")
     echo_id = domain.server.peer_ids[-1]
     pinger = start_device(
@@ -203,7 +215,7 @@ async def hello(g):
 
 
 def test_user_guest_module(
-    domain: Domain, tmp_path: Path, sim: str, monkeypatch: pytest.MonkeyPatch
+    domain: Domain, tmp_path: Path, sim: Target, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "my_guest.py").write_text(GUEST_MODULE)
     monkeypatch.setenv("PYTHONPATH", str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", ""))

@@ -11,7 +11,7 @@ import signal
 from pathlib import Path
 
 from qemu_domain import Domain
-from test_cosim import check_echo, device_id, domain, sim, start_device
+from test_cosim import Target, check_echo, device_id, domain, sim, start_device
 
 from ivhw.sw import echo
 from ivhw.sw.peer import Doorbell, PeerLeft
@@ -19,7 +19,7 @@ from ivhw.sw.peer import Doorbell, PeerLeft
 __all__ = ["domain", "sim"]  # fixtures used here
 
 
-def test_peer_leaving_mid_run(domain: Domain, tmp_path: Path, sim: str) -> None:
+def test_peer_leaving_mid_run(domain: Domain, tmp_path: Path, sim: Target) -> None:
     device = start_device(domain, tmp_path, sim)
     staying = domain.peer()
     leaving = domain.peer()
@@ -43,7 +43,7 @@ def test_peer_leaving_mid_run(domain: Domain, tmp_path: Path, sim: str) -> None:
     assert f"peer {leaving_id} left" in device.output()
 
 
-def test_server_dying_ends_the_bridge(domain: Domain, tmp_path: Path, sim: str) -> None:
+def test_server_dying_ends_the_bridge(domain: Domain, tmp_path: Path, sim: Target) -> None:
     device = start_device(domain, tmp_path, sim)
     host = domain.peer()
     check_echo(host, device_id(host), b"before the server dies", device)
@@ -59,7 +59,7 @@ def test_server_dying_ends_the_bridge(domain: Domain, tmp_path: Path, sim: str) 
 
 
 def test_simulator_crash_is_dropped_and_others_continue(
-    domain: Domain, tmp_path: Path, sim: str
+    domain: Domain, tmp_path: Path, sim: Target
 ) -> None:
     device = start_device(domain, tmp_path, sim)
     host = domain.peer()

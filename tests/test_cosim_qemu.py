@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from qemu_domain import Domain
 from support import require_tool
-from test_cosim import check_echo, device_id, domain, sim, start_device
+from test_cosim import Target, check_echo, device_id, domain, sim, start_device
 
 from ivhw.cosim.demo import qemu_echo_request
 from ivhw.sw import echo
@@ -24,7 +24,7 @@ __all__ = ["domain", "sim"]  # fixtures used here
 pytestmark = pytest.mark.qemu
 
 
-def test_qemu_peer_echo(domain: Domain, tmp_path: Path, sim: str) -> None:
+def test_qemu_peer_echo(domain: Domain, tmp_path: Path, sim: Target) -> None:
     require_tool("qemu-system-x86_64")
     device = start_device(domain, tmp_path, sim)
     host = domain.peer()
