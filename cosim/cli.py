@@ -151,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "IVHW_COSIM_POLL_CYCLES": str(max(1, args.poll_cycles)),
             "IVHW_COSIM_SECONDS": "" if args.seconds is None else str(args.seconds),
             "COCOTB_LOG_LEVEL": "INFO" if args.verbose else "WARNING",
+            "GPI_LOG_LEVEL": "INFO" if args.verbose else "ERROR",
             "PYTHONUNBUFFERED": "1",
         }
         # the runner merges os.environ over its extra_env, so the settings go there
