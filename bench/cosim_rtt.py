@@ -160,14 +160,16 @@ def _breakdown(windows: list[tuple[float, float]], stats: dict[str, Any]) -> dic
     }
 
 
-def _run_sim(sim: str, requests: int, idle: float, gap: float, tmp: Path) -> dict[str, Any]:
+def _run_sim(
+    sim: str, device_kind: str, requests: int, idle: float, gap: float, tmp: Path
+) -> dict[str, Any]:
     from ivhw.cosim.build import build
     from ivhw.cosim.process import CosimProcess
     from ivhw.sw.peer import Peer, PeerJoined
     from ivhw.sw.server import IvshmemServer
 
-    build("flat", sim, vectors=_VECTORS, shm_size=_SHM_SIZE)
-    sock = tmp / f"{sim}.sock"
+    build(device_kind, sim, vectors=_VECTORS, shm_size=_SHM_SIZE)
+    sock = tmp / f"{sim}-{device_kind}.sock"
     server = IvshmemServer(str(sock), shm_size=_SHM_SIZE, vectors=_VECTORS)
     server.serve_in_background()
     device = None
@@ -175,8 +177,9 @@ def _run_sim(sim: str, requests: int, idle: float, gap: float, tmp: Path) -> dic
     try:
         with Peer(str(sock), vectors=_VECTORS) as host:
             device = CosimProcess(
-                sock, tmp, name=sim, sim=sim, vectors=_VECTORS, shm_size=_SHM_SIZE
-            ).start()
+                sock, tmp, name=f"{sim}-{device_kind}", sim=sim, device=device_kind,
+                vectors=_VECTORS, shm_size=_SHM_SIZE,
+            ).start()  # fmt: skip
             deadline = time.monotonic() + 120
             while not host.peers:
                 if device.poll() is not None or time.monotonic() > deadline:
@@ -225,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, help="echo requests per simulator (default 200)")
     parser.add_argument("--idle", type=float, help="seconds of idle CPU measurement (default 5)")
     parser.add_argument("--sims", default="icarus,verilator", help="comma-separated simulators")
+    parser.add_argument("--devices", default="flat,pci", help="comma-separated device kinds")
     parser.add_argument(
         "--gap", type=float, default=0.005, help="seconds between spaced requests (default 0.005)"
     )
@@ -246,9 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     rows = []
     with tempfile.TemporaryDirectory(prefix="ivhw-bcosim-") as tmp:
-        for sim in sims:
-            result = _run_sim(sim, requests, idle, gap, Path(tmp))
-            print(f"{sim}: {result}", flush=True)
+        for sim, kind in [(s, d) for d in args.devices.split(",") if d for s in sims]:
+            result = _run_sim(sim, kind, requests, idle, gap, Path(tmp))
+            print(f"{sim} {kind}: {result}", flush=True)
             ok_idle = result["idle_cpu"] < IDLE_TARGET
             failed |= not ok_idle
             for mode, r in result["modes"].items():
@@ -257,14 +261,14 @@ def main(argv: list[str] | None = None) -> int:
                 ok_overhead = ratio <= OVERHEAD_TARGET
                 failed |= not ok_overhead
                 rows.append(
-                    f"| {sim} | {mode} | {r['rtt']:.0f} ({r['rtt_p90']:.0f}) | "
+                    f"| {sim} {kind} | {mode} | {r['rtt']:.0f} ({r['rtt_p90']:.0f}) | "
                     f"{r['sim']:.0f} = {r['cycles']:.0f} cycles x {r['us_per_cycle']:.1f} us | "
                     f"{r['overhead']:.0f} ({r['overhead_p90']:.0f}) "
                     f"= {r['to_device']:.0f} + {r['back']:.0f} | "
                     f"{ratio:.1f}x {'ok' if ok_overhead else 'MISSED'} | {cold_ratio:.1f}x |"
                 )
             rows.append(
-                f"| {sim} | idle | eventfd wake -> IRQ {result['wake_irq_us']:.0f} us "
+                f"| {sim} {kind} | idle | eventfd wake -> IRQ {result['wake_irq_us']:.0f} us "
                 f"({result['wake_irq_cycles']:.0f} cycles) | | | idle CPU "
                 f"{result['idle_cpu'] * 100:.2f} % of a core {'ok' if ok_idle else 'MISSED'} | |"
             )
@@ -274,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{raw_us:.1f} us hot, {cold_us:.1f} us cold")  # fmt: skip
     print()
     print(
-        "| sim | requests | round trip us, median (p90) | simulated part us | bridge "
+        "| sim, device | requests | round trip us, median (p90) | simulated part us | bridge "
         "overhead us, median (p90) = ring -> sim wake + sim ring -> host wake | "
         "overhead / raw (hot) | overhead / raw (cold) |"
     )
