@@ -31,9 +31,10 @@ __all__: list[str] = []
 ROOT = Path(__file__).resolve().parent.parent
 TB_DIR = Path(__file__).resolve().parent / "hdl"
 TOPLEVEL = "ivshmem_pci"
-#: the variants under test; small shared memory, a 2-deep doorbell FIFO so stalls come early
+#: the variants under test; a 2-deep doorbell FIFO so stalls come early; the doorbell
+#: variant's 1 MiB BAR2 is what ``regscript.record_qemu`` gives QEMU
 VARIANTS: dict[str, dict[str, Any]] = {
-    "doorbell": {"vectors": 4, "shm_size": 4096, "doorbell_depth": 2},
+    "doorbell": {"vectors": 4, "shm_size": 1 << 20, "doorbell_depth": 2},
     "intx": {"vectors": 2, "shm_size": 4096, "interrupts": "intx", "doorbell_depth": 2},
     "plain": {"doorbell": False, "shm_size": 4096},
 }
@@ -46,7 +47,7 @@ TESTS = [
     ("pci_tb", "config_reset", ("doorbell", "intx", "plain")),
     ("pci_tb", "directed", ("doorbell", "intx", "plain")),
     ("pci_tb", "random_sequence", ("doorbell", "intx", "plain")),
-    ("pci_tb", "regscript_differential", ("doorbell",)),
+    ("pci_tb", "regscript_differential", ("doorbell", "plain")),
     ("pci_rc_tb", "enumerate_and_msix", ("doorbell",)),
     ("pci_rc_tb", "enumerate_intx", ("intx",)),
     ("pci_rc_tb", "enumerate_plain", ("plain",)),
@@ -104,14 +105,15 @@ def _cases() -> list[Any]:
     ]
 
 
-@pytest.mark.parametrize("module, test, variant", _cases())
-@pytest.mark.parametrize("simulator", SIMULATORS)
-def test_pci(simulator: str, module: str, test: str, variant: str, tmp_path: Path) -> None:
+def _run(
+    simulator: str, module: str, test: str, variant: str, tmp_path: Path,
+    env: dict[str, str] | None = None,
+) -> None:  # fmt: skip
     require_tool("iverilog" if simulator == "icarus" else "verilator")
     runner, build_dir = _build(simulator, variant)
     if str(TB_DIR) not in sys.path:
         sys.path.insert(0, str(TB_DIR))  # the runner passes sys.path on as PYTHONPATH
-    env = {"IVHW_PCI_PARAMS": json.dumps(VARIANTS[variant])}
+    env = {"IVHW_PCI_PARAMS": json.dumps(VARIANTS[variant]), **(env or {})}
     for name in ("IVHW_SEED", "IVHW_RANDOM_OPS"):
         if name in os.environ:
             env[name] = os.environ[name]
@@ -127,6 +129,42 @@ def test_pci(simulator: str, module: str, test: str, variant: str, tmp_path: Pat
         timescale=("1ns", "1ps"),
         log_file=tmp_path / "sim.log",
     )
+
+
+@pytest.mark.parametrize("module, test, variant", _cases())
+@pytest.mark.parametrize("simulator", SIMULATORS)
+def test_pci(simulator: str, module: str, test: str, variant: str, tmp_path: Path) -> None:
+    _run(simulator, module, test, variant, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def qemu_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """QEMU 7.2's results of the register script, recorded once (doorbell variant's vectors)."""
+    require_tool("qemu-system-x86_64")
+    from test_qemu_differential import DOCUMENTED
+
+    from ivhw.sw.regscript import record_qemu
+
+    vectors = VARIANTS["doorbell"]["vectors"]
+    assert VARIANTS["doorbell"]["shm_size"] == 1 << 20  # record_qemu's shared memory
+    script, results = record_qemu(vectors)
+    by_name = {op.name: result for op, result in zip(script, results, strict=True)}
+    path = tmp_path_factory.mktemp("qemu") / "regscript.json"
+    path.write_text(json.dumps({
+        "vectors": vectors,
+        "peer_id": by_name["ivposition.rd"],
+        "results": results,
+        "documented": sorted(DOCUMENTED),
+    }))  # fmt: skip
+    return path
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("simulator", SIMULATORS)
+def test_pci_matches_qemu(simulator: str, qemu_results: Path, tmp_path: Path) -> None:
+    """The RTL against QEMU 7.2 itself: only the model's documented differences remain."""
+    env = {"IVHW_QEMU_RESULTS": str(qemu_results)}
+    _run(simulator, "pci_tb", "regscript_qemu", "doorbell", tmp_path, env)
 
 
 @pytest.mark.parametrize(
