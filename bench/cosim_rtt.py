@@ -106,8 +106,10 @@ def _request(host: object, target: int, payload: bytes) -> tuple[float, float]:
     memory[box + 4 : box + 8] = len(payload).to_bytes(4, "little")
     start = time.perf_counter()
     host.ring(target, 0)  # type: ignore[attr-defined]
-    while not int.from_bytes(memory[reply + 4 : reply + 8], "little"):
+    while True:  # the doorbell first, then the inbox (echo protocol step 5)
         host.wait(lambda e: isinstance(e, Doorbell), 30)  # type: ignore[attr-defined]
+        if int.from_bytes(memory[reply + 4 : reply + 8], "little"):
+            break
     end = time.perf_counter()
     if bytes(memory[reply + 8 : reply + 8 + len(payload)]) != echo.invert(payload):
         raise RuntimeError("wrong echo reply")

@@ -73,6 +73,14 @@ async def _request(g: Guest, target: int, payload: bytes, timeout: float) -> flo
     await g.ring(target, 0)
     deadline = start + timeout
     while True:
+        # the interrupt first, then the inbox (protocol step 5): the echo peer publishes the
+        # reply before it clears our outbox, so reading early could race the next request
+        remaining = deadline - g.now()
+        if remaining <= 0:
+            await g.shm_write32(box + _LENGTH, 0)
+            return None
+        if not await g.wait_irq(remaining):
+            continue
         length = await g.shm_read32(reply + _LENGTH)
         if length:
             rtt = g.now() - start
@@ -83,11 +91,6 @@ async def _request(g: Guest, target: int, payload: bytes, timeout: float) -> flo
                     f"wrong echo from peer {source}: {data.hex()} for {payload.hex()}"
                 )
             return rtt
-        remaining = deadline - g.now()
-        if remaining <= 0:
-            await g.shm_write32(box + _LENGTH, 0)
-            return None
-        await g.wait_irq(remaining)
 
 
 def _percentile(values: list[float], fraction: float) -> float:

@@ -107,11 +107,9 @@ def request(
     peer.ring(target, vector)
     deadline = start + timeout
     while True:
-        source, length = _HEADER.unpack_from(memory, reply_box)
-        if length:
-            rtt = time.perf_counter() - start
-            data = bytes(memory[reply_box + _HEADER.size : reply_box + _HEADER.size + length])
-            return Reply(source, data, rtt)
+        # The doorbell first, then the inbox (protocol step 5): the responder publishes the
+        # reply length before it clears our outbox, so a reply seen before its doorbell
+        # could let our next request be cleared by this one's outbox write.
         remaining = deadline - time.perf_counter()
         if remaining <= 0:
             struct.pack_into("<I", memory, box + _LENGTH, 0)
@@ -120,6 +118,11 @@ def request(
             peer.wait(lambda e: isinstance(e, Doorbell) and e.vector == 0, remaining)
         except TimeoutError:
             continue
+        source, length = _HEADER.unpack_from(memory, reply_box)
+        if length:
+            rtt = time.perf_counter() - start
+            data = bytes(memory[reply_box + _HEADER.size : reply_box + _HEADER.size + length])
+            return Reply(source, data, rtt)
 
 
 class EchoResponder:
