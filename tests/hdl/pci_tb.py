@@ -203,9 +203,19 @@ async def random_sequence(dut: Any) -> None:
     bars = [i for i, _ in tb.oracle.bars()]
     sizes = dict(tb.oracle.bars())
     writable = [CFG.COMMAND, CFG.CACHE_LINE_SIZE, CFG.INTERRUPT_LINE, MSIX_CAP.offset]
-    masks = [0xF, 0xF, 0xF, 0x1, 0x2, 0x3, 0xC, 0x8, 0x0, 0x5, 0x7, 0x6]
+    masks = [0xF] * 8 + [0x1, 0x2, 0x3, 0xC, 0x8, 0x0, 0x5, 0x7, 0x6]
     peers = [*PEERS, OWN_ID, 4, 0x1234]
     ops = int(os.environ.get("IVHW_RANDOM_OPS", "400"))
+    # start from a working setup most of the time, so that messages flow
+    await tb.access(CW, CFG.COMMAND, 0x3, CMD.MEMORY | CMD.MASTER)
+    if m.msix and rng.random() < 0.8:
+        for v in range(m.vectors):
+            entry = BAR_AT[1] + MSIX_BAR.entry(v)
+            await tb.access(W, entry + MSIX_ENTRY.MsgAddrLo.offset, 0xF, 0xFEE0_0000 | v << 4)
+            await tb.access(W, entry + MSIX_ENTRY.MsgData.offset, 0xF, v)
+            await tb.access(W, entry + MSIX_ENTRY.VectorCtrl.offset, 0xF, rng.getrandbits(1))
+        shift = 8 * (MSIX_CAP.control_offset % 4)
+        await tb.access(CW, MSIX_CAP.offset, 0xC, MSIX_CAP.ENABLE << shift)
     for _ in range(ops):
         r = rng.random()
         if r < 0.12:
@@ -214,12 +224,16 @@ async def random_sequence(dut: Any) -> None:
             off = rng.choice(writable)
             value = rng.getrandbits(32)
             if off == CFG.COMMAND:
-                value = CMD.MEMORY | rng.choice((0, CMD.MASTER, CMD.MASTER, CMD.INTX_DISABLE))
+                value = CMD.MEMORY | rng.choice(
+                    (0, CMD.MASTER, CMD.MASTER, CMD.MASTER, CMD.MASTER | CMD.INTX_DISABLE)
+                )
                 if rng.random() < 0.05:
                     value = rng.getrandbits(16)
             elif off == MSIX_CAP.offset:
-                value &= 0xC000_0000 if rng.random() < 0.9 else 0xFFFF_FFFF
-                value |= MSIX_CAP.ENABLE << 16 if rng.random() < 0.7 else 0
+                shift = 8 * (MSIX_CAP.control_offset % 4)
+                if rng.random() < 0.9:  # mostly enabled and not function-masked
+                    value = (MSIX_CAP.ENABLE if rng.random() < 0.8 else 0) << shift
+                    value |= (MSIX_CAP.MASKALL if rng.random() < 0.2 else 0) << shift
             await tb.access(CW, off, rng.choice(masks), value)
         elif r < 0.3:
             await tb.ring(rng.randrange(m.vectors + 1))
@@ -251,6 +265,13 @@ async def random_sequence(dut: Any) -> None:
             if rng.random() < 0.03:
                 address ^= 1 << rng.randrange(12, 40)
             await tb.access(kind, address, rng.choice(masks), data)
+    c = m.counters
+    cocotb.log.info(
+        "%d operations: %d MSI-X sent, %d lost, %d pending set, %d doorbells, %d bad peer, "
+        "%d bad vector, %d bad access, %d events dropped",
+        ops, c.msi_sent, c.msi_lost, c.pending_set, len(tb.doorbells), c.bad_peer,
+        c.bad_vector, c.bad_access, tb.oracle.events_dropped,
+    )  # fmt: skip
 
 
 class HdlTarget:
