@@ -240,3 +240,25 @@ def test_user_guest_module(
     host.ring(dev_id, 0)
     assert device.wait(60) == 0, device.output()
     assert "got the interrupt" in device.output()
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_waiting_bridge_sleeps(domain: Domain, tmp_path: Path, sim: Target) -> None:
+    """No busy-spin: a bridge whose guest waits for an interrupt uses (almost) no CPU."""
+    device = start_device(domain, tmp_path, sim)
+    host = domain.peer()
+    target = device_id(host)
+    check_echo(host, target, b"wake up once", device)
+    time.sleep(0.3)
+    pids = (device.pid, device.simulator_pid())
+    before, start = sum(map(_cpu_seconds, pids)), time.monotonic()
+    time.sleep(2.0)
+    used = (sum(map(_cpu_seconds, pids)) - before) / (time.monotonic() - start)
+    assert used < 0.05, f"the waiting bridge used {used:.1%} of a core"
+    check_echo(host, target, b"and still answers", device)
+    assert device.stop() == 0, device.output()
