@@ -68,8 +68,24 @@ def qemu_echo_request(vm: Any, target: int, payload: bytes, timeout: float = 20.
     return QemuReply(source, vm.shm_read(reply + 8, length), rtt)
 
 
+def _print(line: str) -> None:
+    # a closed stdout (`| head`) must not abort the shutdown of what the demo started
+    try:
+        print(line, flush=True)
+    except (BrokenPipeError, ValueError):
+        pass
+
+
 def _say(who: str, text: str) -> None:
-    print(f"[{who:>6}] {text}", flush=True)
+    _print(f"[{who:>6}] {text}")
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise _Interrupted
 
 
 def _relay(who: str, stream: TextIO) -> None:
@@ -81,7 +97,7 @@ def _relay_cosim(stream: Any, verbose: bool) -> None:
     for raw in stream:
         line = raw.decode(errors="replace").rstrip()
         if verbose or line.startswith(("[", "ivshmem-cosim")):
-            print(line, flush=True)
+            _print(line)
 
 
 def _wait_for(condition: Any, what: str, timeout: float, alive: Any = None) -> None:
@@ -217,11 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.waves is not None:
         args.waves = os.path.abspath(args.waves)
     tmp = Path(tempfile.mkdtemp(prefix="ivhw-cdemo-"))
+    signal.signal(signal.SIGTERM, _interrupt)  # shut everything down, as on ^C
     try:
         return _run(tmp, args)
     except (TimeoutError, RuntimeError) as error:
         _say("demo", f"error: {error}")
         return 1
+    except (KeyboardInterrupt, _Interrupted):
+        _say("demo", "interrupted; everything started was stopped")
+        return 130
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
