@@ -35,6 +35,7 @@ TOPLEVEL = "ivshmem_pci"
 #: variant's 1 MiB BAR2 is what ``regscript.record_qemu`` gives QEMU
 VARIANTS: dict[str, dict[str, Any]] = {
     "doorbell": {"vectors": 4, "shm_size": 1 << 20, "doorbell_depth": 2},
+    "doorbell64": {"vectors": 64, "shm_size": 4096},
     "intx": {"vectors": 2, "shm_size": 4096, "interrupts": "intx", "doorbell_depth": 2},
     "plain": {"doorbell": False, "shm_size": 4096},
 }
@@ -45,9 +46,9 @@ SIMULATORS = [
 #: (cocotb module, test, variants it runs on)
 TESTS = [
     ("pci_tb", "config_reset", ("doorbell", "intx", "plain")),
-    ("pci_tb", "directed", ("doorbell", "intx", "plain")),
-    ("pci_tb", "random_sequence", ("doorbell", "intx", "plain")),
-    ("pci_tb", "regscript_differential", ("doorbell", "plain")),
+    ("pci_tb", "directed", ("doorbell", "doorbell64", "intx", "plain")),
+    ("pci_tb", "random_sequence", ("doorbell", "doorbell64", "intx", "plain")),
+    ("pci_tb", "regscript_differential", ("doorbell", "doorbell64", "plain")),
     ("pci_rc_tb", "enumerate_and_msix", ("doorbell",)),
     ("pci_rc_tb", "enumerate_intx", ("intx",)),
     ("pci_rc_tb", "enumerate_plain", ("plain",)),
