@@ -296,6 +296,7 @@ class Bridge:
         self._bus_idle = SimEvent()
         self._stop_requested = False
         self._guest_waiting = False
+        self._no_guest = config.guest == "none"  # then the device is idle whenever quiet
         self._wait_deadline: float | None = None
         self._irqs = 0
         self._irq_event = SimEvent()
@@ -744,8 +745,6 @@ class Bridge:
             if not self._bus_busy:  # else the bus driver, woken by the same edge, serves it
                 self._service()
 
-    _no_guest = False
-
 
 def _write_status(path: str | None, status: int, message: str, bridge: Bridge | None) -> None:
     if not path:
@@ -766,7 +765,6 @@ async def cosim(dut: Any) -> None:
     """Run the simulated device as a peer of the ivshmem domain until told to stop."""
     config = BridgeConfig.from_env()
     bridge = Bridge(dut, config)
-    bridge._no_guest = config.guest == "none"
     profile_path = os.environ.get("IVHW_COSIM_PROFILE")
     profiler = None
     if profile_path:
