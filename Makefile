@@ -14,7 +14,7 @@ test: setup
 	$(PY) -m pytest -n auto $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) -m ivhw.sw.demo
+	$(PY) -m ivhw.cosim.demo $(DEMO_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

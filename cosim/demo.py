@@ -70,8 +70,9 @@ def qemu_echo_request(vm: Any, target: int, payload: bytes, timeout: float = 20.
 
 def _print(line: str) -> None:
     # a closed stdout (`| head`) must not abort the shutdown of what the demo started
-    try:
-        print(line, flush=True)
+    try:  # one write per line, so the relay threads' lines never interleave
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
     except (BrokenPipeError, ValueError):
         pass
 

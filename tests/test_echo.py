@@ -1,10 +1,8 @@
-"""The echo protocol in software: requests, replies, several requesters at once, the demo."""
+"""The echo protocol in software: requests, replies, several requesters at once."""
 
 from __future__ import annotations
 
 import struct
-import subprocess
-import sys
 import threading
 import time
 
@@ -99,12 +97,3 @@ def test_request_validation_and_timeout(server: IvshmemServer) -> None:
             echo.request(host, silent.id, b"anyone?", timeout=0.2)
         _target, length = struct.unpack_from("<II", host.memory, echo.outbox(host.id))
         assert length == 0  # a late echo cannot answer the abandoned request
-
-
-def test_demo_transcript() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "ivhw.sw.demo"], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("(every byte XOR 0xFF: ok)") == 3
-    assert "socket file removed: True" in result.stdout
