@@ -1,1 +1,1 @@
-"""Benchmarks: each module prints its figures side by side with a baseline measured in the same run."""
+"""Benchmarks: each module prints its figures beside a baseline measured in the same run."""

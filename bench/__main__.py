@@ -11,7 +11,9 @@ import bench
 
 
 def _modules() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules(bench.__path__) if not m.name.startswith("_"))
+    return sorted(
+        m.name for m in pkgutil.iter_modules(bench.__path__) if not m.name.startswith("_")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller sweeps, for a smoke run")
     parser.add_argument(
-        "names", nargs="*", metavar="NAME", help=f"benchmarks to run (default all: {', '.join(names)})"
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help=f"benchmarks to run (default all: {', '.join(names)})",
     )
     args = parser.parse_args(argv)
     unknown = sorted(set(args.names) - set(names))
