@@ -3,7 +3,11 @@
 The toplevel (built by ``tests/test_hdl_flat.py``) holds two devices: ``axi__*``
 behind the AXI4-Lite front-end and ``wb__*`` behind the Wishbone one. Every test
 runs through each bus master: cocotbext-axi's ``AxiLiteMaster``, cocotb-bus's
-``AXI4LiteMaster``, and the Wishbone classic master in ``wishbone_master.py``.
+``AXI4LiteMaster``, cocotbext-wishbone's ``WishboneMaster`` (classic: no ``stall``
+signal, so it waits for ACK/ERR; one access per ``send_cycle``), and the Wishbone
+classic master in ``wishbone_master.py`` (kept: it drives on the falling edge and
+idles a cycle between accesses, while cocotbext-wishbone drives right after the
+rising edge; both express every SEL pattern, including 0 and non-contiguous ones).
 After every access the read data, the response, the counters, the doorbells and
 the shared memory are compared with the model.
 
@@ -25,6 +29,8 @@ from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, RisingEdge, with_timeout
 from cocotb_bus.drivers.amba import AXI4LiteMaster, AXIProtocolError
 from cocotbext.axi import AxiLiteBus, AxiLiteMaster, AxiResp
+from cocotbext.wishbone.driver import WBOp
+from cocotbext.wishbone.driver import WishboneMaster as ExtWishboneMaster
 from wishbone_master import WishboneMaster
 
 from ivhw.sw.models._mmio import access_of_mask
@@ -40,7 +46,10 @@ OWN_ID = 5
 OTHER_PEERS = {0: 1, 2: 3, 7: 64, 0xFFFF: 2}
 UNKNOWN_PEERS = (1, 3, 6, 0x1234)
 
-MASTERS = ("axil_ext", "axil_bus", "wishbone")
+MASTERS = ("axil_ext", "axil_bus", "wishbone", "wishbone_ext")
+#: cocotbext-wishbone calls the data lines datwr/datrd
+WB_EXT_SIGNALS = {name: name for name in ("cyc", "stb", "we", "adr", "sel", "ack", "err")}
+WB_EXT_SIGNALS.update(datwr="dat_w", datrd="dat_r")
 OKAY, SLVERR, DECERR = "OKAY", "SLVERR", "DECERR"
 
 
@@ -163,17 +172,31 @@ class Master:
             self._axil.read_if.log.setLevel("WARNING")
         elif kind == "axil_bus":
             self._axib = AXI4LiteMaster(dut, "axi__axil_", dut.clk)
+        elif kind == "wishbone_ext":
+            self._wbx = ExtWishboneMaster(
+                dut,
+                "wb__wb",
+                dut.clk,
+                timeout=1000,
+                signals_dict=WB_EXT_SIGNALS,
+                bus_separator="__",
+            )
+            self._wbx.log.setLevel("WARNING")
         else:
             self._wb = WishboneMaster(dut, "wb__wb__", dut.clk)
 
     @property
     def prefix(self) -> str:
-        return "wb__" if self.kind == "wishbone" else "axi__"
+        return "wb__" if self.is_wishbone else "axi__"
+
+    @property
+    def is_wishbone(self) -> bool:
+        return self.kind.startswith("wishbone")
 
     @property
     def read_has_mask(self) -> bool:
         """Only Wishbone carries byte enables on reads; AXI4-Lite reads whole words."""
-        return self.kind == "wishbone"
+        return self.is_wishbone
 
     def can(self, addr: int, mask: int, write: bool) -> bool:
         """Whether this master can express the access."""
@@ -201,6 +224,13 @@ class Master:
                 return int(await self._axib.read(addr)), OKAY
             except AXIProtocolError as error:
                 return 0, error.xresp.name
+        if self.kind == "wishbone_ext":
+            (res,) = await self._wbx.send_cycle(
+                [WBOp(addr >> 2, data if write else None, sel=mask, acktimeout=1000)]
+            )
+            # res.ack: 1 = ACK, 2 = ERR (3 = RTY, which this slave has no line for)
+            data = 0 if write or res.ack != 1 else int(res.datrd)
+            return data, {1: OKAY, 2: "ERR"}.get(res.ack, f"reply {res.ack}")
         if write:
             result = await self._wb.write(addr >> 2, data, mask)
         else:
@@ -227,7 +257,7 @@ class TB:
         self.rings: list[tuple[int, int]] = []
         self.master = Master(master, dut)
         self.transport = Transport(dut, self.master.prefix, self.rng, {})
-        self.other = Transport(dut, "axi__" if master == "wishbone" else "wb__", self.rng, {})
+        self.other = Transport(dut, "axi__" if self.master.is_wishbone else "wb__", self.rng, {})
         Clock(dut.clk, 10, unit="ns").start()
         self.accesses = 0
 
@@ -252,7 +282,7 @@ class TB:
         """Apply ``op`` to the model: (expected data, lanes to compare, response)."""
         model, before = self.model, self.model.counters.bad_access
         addr, word = op.addr, op.addr & ~3
-        error = "ERR" if self.master.kind == "wishbone" else None
+        error = "ERR" if self.master.is_wishbone else None
         if FLAT_REGS.size <= addr < SHM_SIZE or addr >= 2 * SHM_SIZE:
             return 0, 0, error or DECERR
         if addr >= SHM_SIZE:

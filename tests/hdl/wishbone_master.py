@@ -1,7 +1,8 @@
 """A small Wishbone B4 classic master for cocotb tests.
 
-Written here because no Wishbone BFM is pinned in this project (cocotbext-wishbone
-exists on PyPI but is not a dependency). It follows cocotbext-axi's driver shape:
+Written here before cocotbext-wishbone was pinned; kept beside it as a second, differently
+timed master (it drives on the falling edge and idles a cycle between accesses, where
+cocotbext-wishbone drives right after the rising edge). It follows cocotbext-axi's driver shape:
 ``(bus_prefix entity, clock, reset=None)``, a logger named ``cocotb.wishbone``,
 and ``ValueError`` on bad arguments. One classic cycle per access: CYC/STB and
 the request are driven on a falling edge and held until ACK or ERR is seen.
