@@ -24,6 +24,11 @@ bridge polls the fds without blocking every ``IVHW_COSIM_POLL_CYCLES`` cycles
 (default 8), which bounds the wake latency while busy to that many cycles, and
 every cycle while the guest waits for an interrupt but the device still drains.
 
+Test hook. ``IVHW_COSIM_MSI_STALL=N`` (PCI only; default 0) holds the ``msi`` sink's
+``ready`` low for ``N`` cycles of every MSI-X message, so the endpoint back-pressures
+the ``event`` stream meanwhile and rings pile up in the bridge's queue; the
+statistics count those cycles (``event_stall_cycles``) and the events per vector.
+
 The run ends when the guest returns, on SIGTERM/SIGINT, after
 ``IVHW_COSIM_SECONDS``, or when the server goes away (exit status 3). The
 outcome and the bridge's latency statistics go to the JSON file named by
@@ -88,6 +93,7 @@ class BridgeConfig:
     status_file: str | None = None
     poll_cycles: int = 8
     seconds: float | None = None
+    msi_stall: int = 0  # test hook: cycles the msi sink holds ready low per message (PCI)
 
     @classmethod
     def from_env(cls) -> BridgeConfig:
@@ -104,6 +110,7 @@ class BridgeConfig:
             status_file=env.get("IVHW_COSIM_STATUS"),
             poll_cycles=max(1, int(env.get("IVHW_COSIM_POLL_CYCLES", "8"))),
             seconds=float(seconds) if seconds else None,
+            msi_stall=max(0, int(env.get("IVHW_COSIM_MSI_STALL") or "0")),
         )
 
 
@@ -305,6 +312,8 @@ class Bridge:
         self._irq_mark: tuple[float, int] | None = None
         self.stats: dict[str, Any] = {
             "events": 0,
+            "events_by_vector": {},  # eventfd reads (one event each) by vector
+            "event_stall_cycles": 0,  # cycles an event was offered while ready was low
             "coalesced": 0,
             "doorbells": 0,
             "doorbells_lost": 0,
@@ -478,6 +487,8 @@ class Bridge:
             if isinstance(event, Doorbell):
                 self._events.append(event.vector)
                 self.stats["events"] += 1
+                by_vector = self.stats["events_by_vector"]
+                by_vector[event.vector] = by_vector.get(event.vector, 0) + 1
                 self.stats["coalesced"] += event.count - 1
                 if self._wake_time is None:
                     self._wake_time = time.perf_counter()
@@ -581,13 +592,18 @@ class Bridge:
         self._mem_sel = _word(dut.mem__sel)
         self._mem_rdata, self._mem_rvalid = dut.mem__r_data, dut.mem__r_valid
         if self.config.device == "pci":
-            # an MSI-X write on the msi port is the CPU's interrupt (msi.ready stays high)
-            dut.msi__ready.value = 1
+            # an MSI-X write on the msi port is the CPU's interrupt (msi.ready stays high
+            # unless the stall test hook is on)
+            self._msi_ready = dut.msi__ready
+            self._msi_stall = self.config.msi_stall
+            self._msi_held = 0
+            dut.msi__ready.value = int(not self._msi_stall)
             self._irq = _bit(dut.msi__valid)
             self._msi_payload = dut.msi__payload._handle.get_signal_val_binstr
         else:
             self._irq = _bit(dut.irq)
             self._msi_payload = None
+            self._msi_stall = 0
         self._ev_driving = False
         self._acked = False
         self._r_pending = False
@@ -596,6 +612,17 @@ class Bridge:
         self._limit = (
             None if self.config.seconds is None else time.monotonic() + self.config.seconds
         )
+
+    def _msi_taken(self) -> bool:
+        """Whether the MSI-X message seen at this edge was taken (the stall test hook)."""
+        if self._msi_held < self._msi_stall:
+            self._msi_held += 1
+            if self._msi_held == self._msi_stall:
+                self._msi_ready.value = 1  # the message goes at the next edge
+            return False
+        self._msi_ready.value = 0
+        self._msi_held = 0
+        return True
 
     async def tick(self) -> None:
         """Advance one clock cycle and serve the transport in it (for the guest's bus driver)."""
@@ -661,22 +688,26 @@ class Bridge:
         # -- interrupt -----------------------------------------------------------------------
         if self._irq() == "1":
             active = True
-            if self._msi_payload is not None:
-                vector = ((int(self._msi_payload(), 2) >> 64) & 0xFFFF_FFFF) - MSI_DATA_BASE
-                stats["msix"][vector] = stats["msix"].get(vector, 0) + 1
-            self._unsignalled = max(0, self._unsignalled - 1)
-            self._irqs += 1
-            stats["irqs"] += 1
-            if self._irq_mark is not None:
-                seconds = time.perf_counter() - self._irq_mark[0]
-                self._sample("wake_to_irq", (seconds, cycle - self._irq_mark[1]))
-                self._irq_mark = None
-            self._irq_event.set()
+            if not self._msi_stall or self._msi_taken():  # else held by the stall hook
+                if self._msi_payload is not None:
+                    vector = ((int(self._msi_payload(), 2) >> 64) & 0xFFFF_FFFF) - MSI_DATA_BASE
+                    stats["msix"][vector] = stats["msix"].get(vector, 0) + 1
+                self._unsignalled = max(0, self._unsignalled - 1)
+                self._irqs += 1
+                stats["irqs"] += 1
+                if self._irq_mark is not None:
+                    seconds = time.perf_counter() - self._irq_mark[0]
+                    self._sample("wake_to_irq", (seconds, cycle - self._irq_mark[1]))
+                    self._irq_mark = None
+                self._irq_event.set()
         # -- inbound events (held until ready: back-pressure never loses one) ---------------
-        if self._ev_driving and self._ev_ready() == "1":
-            self._ev_driving = False
-            self._events.popleft()
-            self._unsignalled += 1  # its interrupt is due within a few cycles
+        if self._ev_driving:
+            if self._ev_ready() == "1":
+                self._ev_driving = False
+                self._events.popleft()
+                self._unsignalled += 1  # its interrupt is due within a few cycles
+            else:
+                stats["event_stall_cycles"] += 1
         if not self._ev_driving:
             if self._events:
                 self._ev_payload.value = self._events[0]
