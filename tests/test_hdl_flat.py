@@ -41,7 +41,13 @@ SIMULATORS = [
     pytest.param("icarus", marks=pytest.mark.icarus),
     pytest.param("verilator", marks=pytest.mark.verilator),
 ]
-TESTS = ["directed", "random_sequence", "doorbells_stalled", "events_during_accesses"]
+TESTS = [
+    "directed",
+    "random_sequence",
+    "doorbells_stalled",
+    "events_during_accesses",
+    "wishbone_block_cycles",
+]
 
 
 class FlatBench(wiring.Component):

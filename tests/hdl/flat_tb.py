@@ -8,7 +8,9 @@ signal, so it waits for ACK/ERR; one access per ``send_cycle``), and the Wishbon
 classic master in ``wishbone_master.py`` (kept: it drives on the falling edge and
 idles a cycle between accesses, while cocotbext-wishbone drives right after the
 rising edge; both express every SEL pattern, including 0 and non-contiguous ones).
-After every access the read data, the response, the counters, the doorbells and
+``wishbone_block_cycles`` runs cocotbext-wishbone alone with several accesses in one
+CYC, STB held between them, which no other master here does. After every access
+(every block there) the read data, the response, the counters, the doorbells and
 the shared memory are compared with the model.
 
 Environment: ``IVHW_FLAT_PARAMS`` (JSON of the device parameters, set by the
@@ -173,6 +175,21 @@ class Master:
         elif kind == "axil_bus":
             self._axib = AXI4LiteMaster(dut, "axi__axil_", dut.clk)
         elif kind == "wishbone_ext":
+            # cocotbext-wishbone's constructor drives the idle levels with Immediate writes.
+            # Made at simulation time 0 under Icarus 11, those inputs never reach the device
+            # (its ports read Z for the rest of the run; the first access never ends), so
+            # the master is made at the first access and the idle levels driven here.
+            self._dut = dut
+            self._wbx: ExtWishboneMaster | None = None
+            for name in ("cyc", "stb", "we", "adr", "dat_w", "sel"):
+                getattr(dut, f"wb__wb__{name}").value = 0
+        else:
+            self._wb = WishboneMaster(dut, "wb__wb__", dut.clk)
+
+    def wishbone_ext(self) -> ExtWishboneMaster:
+        """cocotbext-wishbone's master, made on first use (see the constructor)."""
+        if self._wbx is None:
+            dut = self._dut
             self._wbx = ExtWishboneMaster(
                 dut,
                 "wb__wb",
@@ -182,8 +199,7 @@ class Master:
                 bus_separator="__",
             )
             self._wbx.log.setLevel("WARNING")
-        else:
-            self._wb = WishboneMaster(dut, "wb__wb__", dut.clk)
+        return self._wbx
 
     @property
     def prefix(self) -> str:
@@ -225,7 +241,7 @@ class Master:
             except AXIProtocolError as error:
                 return 0, error.xresp.name
         if self.kind == "wishbone_ext":
-            (res,) = await self._wbx.send_cycle(
+            (res,) = await self.wishbone_ext().send_cycle(
                 [WBOp(addr >> 2, data if write else None, sel=mask, acktimeout=1000)]
             )
             # res.ack: 1 = ACK, 2 = ERR (3 = RTY, which this slave has no line for)
@@ -528,3 +544,38 @@ async def events_during_accesses(dut: Any, master: str) -> None:
     assert t.irq_high == t.irq_edges, "every pulse is one cycle wide"
     assert t.counter("events_dropped") == len(foreign)
     await tb.drain()
+
+
+@cocotb.test()
+async def wishbone_block_cycles(dut: Any) -> None:
+    """cocotbext-wishbone block cycles: several accesses in one CYC, STB held between them.
+
+    Only an external master does this (the project's own master ends the cycle after
+    each access); the device must take the next request in the cycle after an ACK/ERR.
+    """
+    seed = _seed()
+    tb = TB(dut, "wishbone_ext", seed)
+    await tb.cycle_reset()
+    tb.join_domain()
+    for block in range(60):
+        ops = [tb.random_op() for _ in range(tb.rng.randint(2, 6))]
+        if tb.rng.random() < 0.1:
+            tb.transport.stall_doorbells = not tb.transport.stall_doorbells
+        expected = [tb._expect(op) for op in ops]
+        wbops = [
+            WBOp(op.addr >> 2, op.data if op.write else None, sel=op.mask, acktimeout=1000)
+            for op in ops
+        ]
+        results = await tb.master.wishbone_ext().send_cycle(wbops)
+        assert len(results) == len(ops), f"block {block}: {len(results)} results for {ops}"
+        for op, res, (data, lanes, resp) in zip(ops, results, expected, strict=True):
+            where = f"block {block} {op}"
+            got_resp = {1: OKAY, 2: "ERR"}.get(res.ack, f"reply {res.ack}")
+            assert got_resp == resp, f"{where}: response {got_resp}, model says {resp}"
+            got = 0 if op.write or res.ack != 1 else int(res.datrd)
+            assert got & lanes == data & lanes, f"{where}: read {got:#x}, model {data:#x}"
+        tb.compare(f"block {block}")
+    await tb.drain()
+    for _ in range(8):  # posted shared-memory writes
+        await RisingEdge(dut.clk)
+    assert tb.transport.mem == bytes(tb.model.shm.view[:SHM_SIZE]), "shared memory differs"
