@@ -21,7 +21,7 @@ from amaranth.hdl import Module, unsigned
 from amaranth.lib import enum, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["BusSignature", "Response", "forward_ports", "front_end_members"]
+__all__ = ["BusSignature", "Response", "device_bus", "forward_ports", "front_end_members"]
 
 
 class Response(enum.Enum, shape=unsigned(2)):
@@ -92,6 +92,14 @@ class BusSignature(wiring.Signature):
 
     def __repr__(self) -> str:
         return f"BusSignature({self._addr_width})"
+
+
+def device_bus(device: wiring.Component) -> BusSignature:
+    """The internal bus signature of ``device``; ``TypeError`` if it has none (front-ends)."""
+    bus_member = getattr(device, "signature", None) and device.signature.members.get("bus")
+    if bus_member is None or not isinstance(bus_member.signature, BusSignature):
+        raise TypeError(f"device must have a bus: In(BusSignature(...)) member, not {device!r}")
+    return bus_member.signature
 
 
 def forward_ports(m: Module, outer: wiring.Component, inner: wiring.Component, skip: str) -> None:

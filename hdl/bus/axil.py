@@ -33,7 +33,7 @@ from amaranth.hdl import Cat, Const, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from . import BusSignature, forward_ports, front_end_members
+from . import device_bus, forward_ports, front_end_members
 
 __all__ = ["AXI4LiteFrontEnd", "AXI4LiteSignature"]
 
@@ -96,11 +96,8 @@ class AXI4LiteFrontEnd(wiring.Component):
     """
 
     def __init__(self, device: wiring.Component) -> None:
-        bus_member = getattr(device, "signature", None) and device.signature.members.get("bus")
-        if bus_member is None or not isinstance(bus_member.signature, BusSignature):
-            raise TypeError(f"device must have a bus: In(BusSignature(...)) member, not {device!r}")
+        addr_width = device_bus(device).addr_width
         self._device = device
-        addr_width = bus_member.signature.addr_width
         super().__init__(front_end_members(device, "axil", In(AXI4LiteSignature(addr_width))))
 
     @property

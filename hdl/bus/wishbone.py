@@ -21,7 +21,7 @@ from amaranth.hdl import Cat, Const, Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from . import BusSignature, Response, forward_ports, front_end_members
+from . import Response, device_bus, forward_ports, front_end_members
 
 __all__ = ["WishboneFrontEnd", "WishboneSignature"]
 
@@ -81,11 +81,8 @@ class WishboneFrontEnd(wiring.Component):
     """
 
     def __init__(self, device: wiring.Component) -> None:
-        bus_member = getattr(device, "signature", None) and device.signature.members.get("bus")
-        if bus_member is None or not isinstance(bus_member.signature, BusSignature):
-            raise TypeError(f"device must have a bus: In(BusSignature(...)) member, not {device!r}")
+        addr_width = device_bus(device).addr_width - 2
         self._device = device
-        addr_width = bus_member.signature.addr_width - 2
         super().__init__(front_end_members(device, "wb", In(WishboneSignature(addr_width))))
 
     @property
