@@ -61,18 +61,16 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal
 from amaranth.lib import wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from ..sw.regmap import DOORBELL, FLAT_REGS, MAX_VECTORS, Access, BitField, Register
 from .bus import BusSignature, Response
 from .transport import (
     Doorbell,
-    IdentSignature,
-    MemorySignature,
-    PeerQuerySignature,
-    doorbell_signature,
-    event_signature,
+    add_doorbell_queue,
+    check_int,
+    check_shm_size,
+    transport_members,
 )
 
 __all__ = ["IvshmemFlat"]
@@ -84,15 +82,6 @@ _MiB = 1 << 20
 #: aligned to their size (QEMU's default ``.valid``). Any other non-zero mask
 #: is an unaligned access.
 _CPU_MASKS = tuple(((1 << size) - 1) << lane for size in (1, 2, 4) for lane in range(0, 4, size))
-
-
-def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, not {value!r}")
-    if value < low or (high is not None and value > high):
-        bound = f"{low}..{high}" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be {bound}, not {value!r}")
-    return value
 
 
 def _field(word: object, field: BitField) -> object:
@@ -153,13 +142,10 @@ class IvshmemFlat(wiring.Component):
         irq_backlog: int = 15,
     ) -> None:
         try:
-            self._vectors = _check_int("vectors", vectors, 1, MAX_VECTORS)
-            _check_int("shm_size", shm_size, FLAT_REGS.size)
-            if shm_size & (shm_size - 1):
-                raise ValueError(f"shm_size must be a power of two, not {shm_size!r}")
-            self._shm_size = shm_size
-            self._doorbell_depth = _check_int("doorbell_depth", doorbell_depth, 1)
-            self._irq_backlog = _check_int("irq_backlog", irq_backlog, 1)
+            self._vectors = check_int("vectors", vectors, 1, MAX_VECTORS)
+            self._shm_size = check_shm_size(shm_size, FLAT_REGS.size)
+            self._doorbell_depth = check_int("doorbell_depth", doorbell_depth, 1)
+            self._irq_backlog = check_int("irq_backlog", irq_backlog, 1)
         except (TypeError, ValueError):
             # A component refused at construction is not an "unused elaboratable".
             self._MustUse__used = True
@@ -167,16 +153,8 @@ class IvshmemFlat(wiring.Component):
         shm_bits = shm_size.bit_length() - 1
         super().__init__({
             "bus": In(BusSignature(shm_bits + 1)),
-            "doorbell": Out(doorbell_signature()),
-            "event": In(event_signature()),
-            "ident": In(IdentSignature()),
-            "peers": Out(PeerQuerySignature()),
-            "mem": Out(MemorySignature(shm_bits - 2)),
+            **transport_members(shm_size),
             "irq": Out(1),
-            "doorbell_bad_peer": Out(32),
-            "doorbell_bad_vector": Out(32),
-            "bad_access": Out(32),
-            "events_dropped": Out(32),
         })  # fmt: skip
 
     @property
@@ -215,14 +193,7 @@ class IvshmemFlat(wiring.Component):
 
         # Outbound doorbells: a FIFO between the register write and the transport.
         db_width = Shape.cast(Doorbell).width
-        m.submodules.doorbell_fifo = fifo = SyncFIFOBuffered(
-            width=db_width, depth=self._doorbell_depth
-        )
-        m.d.comb += [
-            self.doorbell.payload.eq(fifo.r_data),
-            self.doorbell.valid.eq(fifo.r_rdy),
-            fifo.r_en.eq(self.doorbell.ready),
-        ]
+        fifo = add_doorbell_queue(m, self, self._doorbell_depth)
 
         # Decode.
         unaligned = bus.addr[:2] != 0

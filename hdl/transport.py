@@ -36,8 +36,9 @@ feed any of them:
 
 from __future__ import annotations
 
-from amaranth.hdl import unsigned
+from amaranth.hdl import Module, Shape, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from ..sw.regmap import DOORBELL
@@ -51,8 +52,12 @@ __all__ = [
     "IdentSignature",
     "MemorySignature",
     "PeerQuerySignature",
+    "add_doorbell_queue",
+    "check_int",
+    "check_shm_size",
     "doorbell_signature",
     "event_signature",
+    "transport_members",
 ]
 
 #: Width of a peer ID (the server hands out IDs 0..65535).
@@ -188,3 +193,59 @@ class MemorySignature(wiring.Signature):
 
     def __repr__(self) -> str:
         return f"MemorySignature({self._addr_width})"
+
+
+def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
+    """``value`` if it is an integer in ``low..high``; ``TypeError``/``ValueError`` otherwise."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, not {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f"{low}..{high}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be {bound}, not {value!r}")
+    return value
+
+
+def check_shm_size(value: object, minimum: int) -> int:
+    """A shared-memory size: a power of two of at least ``minimum`` bytes."""
+    size = check_int("shm_size", value, minimum)
+    if size & (size - 1):
+        raise ValueError(f"shm_size must be a power of two, not {size!r}")
+    return size
+
+
+def transport_members(shm_size: int) -> dict[str, wiring.Member]:
+    """The transport ports and drop counters every ivshmem device has, by name.
+
+    ``doorbell``, ``event``, ``ident``, ``peers``, ``mem`` (see the module
+    docstring) and the 32-bit counters ``doorbell_bad_peer``,
+    ``doorbell_bad_vector``, ``bad_access`` and ``events_dropped``.
+    """
+    word_bits = shm_size.bit_length() - 1 - 2
+    return {
+        "doorbell": Out(doorbell_signature()),
+        "event": In(event_signature()),
+        "ident": In(IdentSignature()),
+        "peers": Out(PeerQuerySignature()),
+        "mem": Out(MemorySignature(word_bits)),
+        "doorbell_bad_peer": Out(32),
+        "doorbell_bad_vector": Out(32),
+        "bad_access": Out(32),
+        "events_dropped": Out(32),
+    }
+
+
+def add_doorbell_queue(m: Module, device: wiring.Component, depth: int) -> SyncFIFOBuffered:
+    """Queue validated doorbells between the register write and ``device.doorbell``.
+
+    The caller writes ``w_data``/``w_en`` and holds the bus while ``w_rdy`` is
+    low, so no doorbell is ever dropped.
+    """
+    m.submodules.doorbell_fifo = fifo = SyncFIFOBuffered(
+        width=Shape.cast(Doorbell).width, depth=depth
+    )
+    m.d.comb += [
+        device.doorbell.payload.eq(fifo.r_data),
+        device.doorbell.valid.eq(fifo.r_rdy),
+        fifo.r_en.eq(device.doorbell.ready),
+    ]
+    return fifo

@@ -59,7 +59,6 @@ from typing import Literal
 
 from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, unsigned
 from amaranth.lib import wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -67,11 +66,10 @@ from ...sw.pcicfg import BARS, CFG, CMD, CONFIG_SIZE, MSIX_CAP, STATUS, BarLayou
 from ...sw.regmap import DOORBELL, MAX_VECTORS, MSIX_BAR, MSIX_ENTRY, PCI_REV1_REGS
 from ..transport import (
     Doorbell,
-    IdentSignature,
-    MemorySignature,
-    PeerQuerySignature,
-    doorbell_signature,
-    event_signature,
+    add_doorbell_queue,
+    check_int,
+    check_shm_size,
+    transport_members,
 )
 from .config import config_layout
 from .tlp import (
@@ -99,15 +97,6 @@ def _bit(flag: int) -> int:
     if flag <= 0 or flag & (flag - 1):
         raise ValueError(f"not a single bit: {flag:#x}")
     return flag.bit_length() - 1
-
-
-def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, not {value!r}")
-    if value < low or (high is not None and value > high):
-        bound = f"{low}..{high}" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be {bound}, not {value!r}")
-    return value
 
 
 class IvshmemPci(wiring.Component):
@@ -168,11 +157,9 @@ class IvshmemPci(wiring.Component):
                     raise ValueError(f"interrupts must be 'msix' or 'intx', not {interrupts!r}")
             elif interrupts is not None:
                 raise ValueError("ivshmem-plain has no interrupts; leave interrupts unset")
-            self._vectors = _check_int("vectors", vectors, 1, MAX_VECTORS)
-            _check_int("shm_size", shm_size, 16)
-            if shm_size & (shm_size - 1):
-                raise ValueError(f"shm_size must be a power of two, not {shm_size!r}")
-            self._doorbell_depth = _check_int("doorbell_depth", doorbell_depth, 1)
+            self._vectors = check_int("vectors", vectors, 1, MAX_VECTORS)
+            check_shm_size(shm_size, 16)
+            self._doorbell_depth = check_int("doorbell_depth", doorbell_depth, 1)
         except (TypeError, ValueError):
             # A component refused at construction is not an "unused elaboratable".
             self._MustUse__used = True
@@ -188,21 +175,12 @@ class IvshmemPci(wiring.Component):
         self._cfg = config_layout(
             msix=self.msix, intx=interrupts == "intx", vectors=vectors, bars=bars
         )
-        shm_bits = shm_size.bit_length() - 1
         super().__init__({
             "req": In(request_signature()),
             "cpl": Out(completion_signature()),
             "msi": Out(msi_signature()),
             "intx": Out(1),
-            "doorbell": Out(doorbell_signature()),
-            "event": In(event_signature()),
-            "ident": In(IdentSignature()),
-            "peers": Out(PeerQuerySignature()),
-            "mem": Out(MemorySignature(shm_bits - 2)),
-            "doorbell_bad_peer": Out(32),
-            "doorbell_bad_vector": Out(32),
-            "bad_access": Out(32),
-            "events_dropped": Out(32),
+            **transport_members(shm_size),
         })  # fmt: skip
 
     @property
@@ -319,14 +297,7 @@ class IvshmemPci(wiring.Component):
 
         # Outbound doorbells: a FIFO between the register write and the transport.
         db_width = Shape.cast(Doorbell).width
-        m.submodules.doorbell_fifo = fifo = SyncFIFOBuffered(
-            width=db_width, depth=self._doorbell_depth
-        )
-        m.d.comb += [
-            self.doorbell.payload.eq(fifo.r_data),
-            self.doorbell.valid.eq(fifo.r_rdy),
-            fifo.r_en.eq(self.doorbell.ready),
-        ]
+        fifo = add_doorbell_queue(m, self, self._doorbell_depth)
         pending_db = Signal(db_width)
         m.d.comb += self.peers.peer.eq(pending_db[DOORBELL.peer.lsb :])
         db_vector = pending_db[DOORBELL.vector.lsb : DOORBELL.vector.lsb + DOORBELL.vector.width]
