@@ -96,7 +96,12 @@ class AXI4LiteFrontEnd(wiring.Component):
     """
 
     def __init__(self, device: wiring.Component) -> None:
-        addr_width = device_bus(device).addr_width
+        try:
+            addr_width = device_bus(device).addr_width
+        except TypeError:
+            # A front-end refused at construction is not an "unused elaboratable".
+            self._MustUse__used = True
+            raise
         self._device = device
         super().__init__(front_end_members(device, "axil", In(AXI4LiteSignature(addr_width))))
 

@@ -81,7 +81,12 @@ class WishboneFrontEnd(wiring.Component):
     """
 
     def __init__(self, device: wiring.Component) -> None:
-        addr_width = device_bus(device).addr_width - 2
+        try:
+            addr_width = device_bus(device).addr_width - 2
+        except TypeError:
+            # A front-end refused at construction is not an "unused elaboratable".
+            self._MustUse__used = True
+            raise
         self._device = device
         super().__init__(front_end_members(device, "wb", In(WishboneSignature(addr_width))))
 
