@@ -73,6 +73,7 @@ class Transport:
         self.peers = peers
         self.doorbells: list[tuple[int, int]] = []
         self.stall_doorbells = False
+        self._stall_left = 0
         self.events: collections.deque[int] = collections.deque()
         self.irq_edges = 0
         self.irq_high = 0
@@ -88,6 +89,14 @@ class Transport:
 
     def _sig(self, name: str) -> Any:
         return getattr(self._dut, self._p + name)
+
+    def stall_for(self, cycles: int) -> None:
+        """Hold the doorbell sink's ready low for ``cycles`` cycles, then let it go.
+
+        Random sequences use this bounded stall: a doorbell write waiting on a
+        full queue must end, or the bus access would wait forever.
+        """
+        self._stall_left = cycles
 
     def set_ident(self, peer: int | None) -> None:
         self._sig("ident__id").value = 0 if peer is None else peer
@@ -113,7 +122,9 @@ class Transport:
                 else:
                     self._ack_countdown -= 1
             # Doorbell sink.
-            ready = 0 if self.stall_doorbells else int(rng.random() < 0.7)
+            stalled = self.stall_doorbells or self._stall_left > 0
+            self._stall_left = max(0, self._stall_left - 1)
+            ready = 0 if stalled else int(rng.random() < 0.7)
             sig("doorbell__ready").value = ready
             if ready and int(sig("doorbell__valid").value):
                 word = int(sig("doorbell__payload").value)
@@ -478,7 +489,7 @@ async def random_sequence(dut: Any, master: str) -> None:
     tb.join_domain()
     for _ in range(int(os.environ.get("IVHW_RANDOM_OPS", "250"))):
         if tb.rng.random() < 0.05:
-            tb.transport.stall_doorbells = not tb.transport.stall_doorbells
+            tb.transport.stall_for(tb.rng.randint(5, 60))
         await tb.access(tb.random_op())
     await tb.drain()
 
@@ -560,7 +571,7 @@ async def wishbone_block_cycles(dut: Any) -> None:
     for block in range(60):
         ops = [tb.random_op() for _ in range(tb.rng.randint(2, 6))]
         if tb.rng.random() < 0.1:
-            tb.transport.stall_doorbells = not tb.transport.stall_doorbells
+            tb.transport.stall_for(tb.rng.randint(5, 60))
         expected = [tb._expect(op) for op in ops]
         wbops = [
             WBOp(op.addr >> 2, op.data if op.write else None, sel=op.mask, acktimeout=1000)
