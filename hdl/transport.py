@@ -47,6 +47,7 @@ __all__ = [
     "PEER_WIDTH",
     "VECTOR_COUNT_WIDTH",
     "VECTOR_WIDTH",
+    "AddressedSignature",
     "Doorbell",
     "Event",
     "IdentSignature",
@@ -91,6 +92,41 @@ def event_signature() -> stream.Signature:
     return stream.Signature(Event)
 
 
+class AddressedSignature(wiring.Signature):
+    """A signature with one parameter, an address width: its check, equality, hash, repr.
+
+    Subclasses check the width with :meth:`check_width`, then pass it and their
+    members to ``super().__init__``.
+    """
+
+    def __init__(self, addr_width: int, members: dict[str, wiring.Member]) -> None:
+        self._addr_width = addr_width
+        super().__init__(members)
+
+    @staticmethod
+    def check_width(addr_width: object, minimum: int = 0) -> int:
+        """``addr_width`` if it is an integer of at least ``minimum``; raises otherwise."""
+        if not isinstance(addr_width, int) or isinstance(addr_width, bool):
+            raise TypeError(f"address width must be an integer, not {addr_width!r}")
+        if addr_width < minimum:
+            bound = "non-negative" if minimum == 0 else f"at least {minimum}"
+            raise ValueError(f"address width must be {bound}, not {addr_width!r}")
+        return addr_width
+
+    @property
+    def addr_width(self) -> int:
+        return self._addr_width
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.addr_width == self.addr_width  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), self._addr_width))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._addr_width})"
+
+
 class IdentSignature(wiring.Signature):
     """Own peer ID, driven by the transport (use ``In(IdentSignature())`` on a device).
 
@@ -130,7 +166,7 @@ class PeerQuerySignature(wiring.Signature):
         })  # fmt: skip
 
 
-class MemorySignature(wiring.Signature):
+class MemorySignature(AddressedSignature):
     """Shared-memory master port, device side (``Out(MemorySignature(n))`` on a device).
 
     A request (``addr``, ``we``, ``w_data``, ``sel``) is taken when
@@ -165,12 +201,8 @@ class MemorySignature(wiring.Signature):
     """
 
     def __init__(self, addr_width: int) -> None:
-        if not isinstance(addr_width, int) or isinstance(addr_width, bool):
-            raise TypeError(f"address width must be an integer, not {addr_width!r}")
-        if addr_width < 0:
-            raise ValueError(f"address width must be non-negative, not {addr_width!r}")
-        self._addr_width = addr_width
-        super().__init__({
+        self.check_width(addr_width)
+        super().__init__(addr_width, {
             "addr": Out(addr_width),
             "we": Out(1),
             "w_data": Out(32),
@@ -180,19 +212,6 @@ class MemorySignature(wiring.Signature):
             "r_data": In(32),
             "r_valid": In(1),
         })  # fmt: skip
-
-    @property
-    def addr_width(self) -> int:
-        return self._addr_width
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, MemorySignature) and other.addr_width == self.addr_width
-
-    def __hash__(self) -> int:
-        return hash((MemorySignature, self._addr_width))
-
-    def __repr__(self) -> str:
-        return f"MemorySignature({self._addr_width})"
 
 
 def check_int(name: str, value: object, low: int, high: int | None = None) -> int:

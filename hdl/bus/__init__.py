@@ -21,6 +21,8 @@ from amaranth.hdl import Module, unsigned
 from amaranth.lib import enum, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..transport import AddressedSignature
+
 __all__ = ["BusSignature", "Response", "device_bus", "forward_ports", "front_end_members"]
 
 
@@ -35,7 +37,7 @@ class Response(enum.Enum, shape=unsigned(2)):
     DECERR = 3
 
 
-class BusSignature(wiring.Signature):
+class BusSignature(AddressedSignature):
     """Internal register bus, master side (use ``In(BusSignature(n))`` on a device).
 
     Parameters
@@ -64,12 +66,8 @@ class BusSignature(wiring.Signature):
     """
 
     def __init__(self, addr_width: int) -> None:
-        if not isinstance(addr_width, int) or isinstance(addr_width, bool):
-            raise TypeError(f"address width must be an integer, not {addr_width!r}")
-        if addr_width < 2:
-            raise ValueError(f"address width must be at least 2, not {addr_width!r}")
-        self._addr_width = addr_width
-        super().__init__({
+        self.check_width(addr_width, 2)
+        super().__init__(addr_width, {
             "stb": Out(1),
             "addr": Out(addr_width),
             "we": Out(1),
@@ -79,19 +77,6 @@ class BusSignature(wiring.Signature):
             "resp": In(Response),
             "r_data": In(32),
         })  # fmt: skip
-
-    @property
-    def addr_width(self) -> int:
-        return self._addr_width
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, BusSignature) and other.addr_width == self.addr_width
-
-    def __hash__(self) -> int:
-        return hash((BusSignature, self._addr_width))
-
-    def __repr__(self) -> str:
-        return f"BusSignature({self._addr_width})"
 
 
 def device_bus(device: wiring.Component) -> BusSignature:

@@ -33,12 +33,13 @@ from amaranth.hdl import Cat, Const, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from ..transport import AddressedSignature
 from . import device_bus, forward_ports, front_end_members
 
 __all__ = ["AXI4LiteFrontEnd", "AXI4LiteSignature"]
 
 
-class AXI4LiteSignature(wiring.Signature):
+class AXI4LiteSignature(AddressedSignature):
     """AXI4-Lite, 32-bit data, master side (``In(AXI4LiteSignature(n))`` on a slave).
 
     Members are AXI's signal names in lower case (``awaddr``, ``wstrb``,
@@ -53,31 +54,14 @@ class AXI4LiteSignature(wiring.Signature):
     """
 
     def __init__(self, addr_width: int) -> None:
-        if not isinstance(addr_width, int) or isinstance(addr_width, bool):
-            raise TypeError(f"address width must be an integer, not {addr_width!r}")
-        if addr_width < 2:
-            raise ValueError(f"address width must be at least 2, not {addr_width!r}")
-        self._addr_width = addr_width
-        super().__init__({
+        self.check_width(addr_width, 2)
+        super().__init__(addr_width, {
             "awaddr": Out(addr_width), "awprot": Out(3), "awvalid": Out(1), "awready": In(1),
             "wdata": Out(32), "wstrb": Out(4), "wvalid": Out(1), "wready": In(1),
             "bresp": In(2), "bvalid": In(1), "bready": Out(1),
             "araddr": Out(addr_width), "arprot": Out(3), "arvalid": Out(1), "arready": In(1),
             "rdata": In(32), "rresp": In(2), "rvalid": In(1), "rready": Out(1),
         })  # fmt: skip
-
-    @property
-    def addr_width(self) -> int:
-        return self._addr_width
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, AXI4LiteSignature) and other.addr_width == self.addr_width
-
-    def __hash__(self) -> int:
-        return hash((AXI4LiteSignature, self._addr_width))
-
-    def __repr__(self) -> str:
-        return f"AXI4LiteSignature({self._addr_width})"
 
 
 class AXI4LiteFrontEnd(wiring.Component):

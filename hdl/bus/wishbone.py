@@ -21,12 +21,13 @@ from amaranth.hdl import Cat, Const, Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from ..transport import AddressedSignature
 from . import Response, device_bus, forward_ports, front_end_members
 
 __all__ = ["WishboneFrontEnd", "WishboneSignature"]
 
 
-class WishboneSignature(wiring.Signature):
+class WishboneSignature(AddressedSignature):
     """Wishbone B4 classic, 32-bit data, byte granularity, master side.
 
     Members (lower case B4 names without ``_O``/``_I``): ``cyc``, ``stb``,
@@ -40,28 +41,11 @@ class WishboneSignature(wiring.Signature):
     """
 
     def __init__(self, addr_width: int) -> None:
-        if not isinstance(addr_width, int) or isinstance(addr_width, bool):
-            raise TypeError(f"address width must be an integer, not {addr_width!r}")
-        if addr_width < 0:
-            raise ValueError(f"address width must be non-negative, not {addr_width!r}")
-        self._addr_width = addr_width
-        super().__init__({
+        self.check_width(addr_width)
+        super().__init__(addr_width, {
             "cyc": Out(1), "stb": Out(1), "we": Out(1), "adr": Out(addr_width),
             "dat_w": Out(32), "sel": Out(4), "dat_r": In(32), "ack": In(1), "err": In(1),
         })  # fmt: skip
-
-    @property
-    def addr_width(self) -> int:
-        return self._addr_width
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, WishboneSignature) and other.addr_width == self.addr_width
-
-    def __hash__(self) -> int:
-        return hash((WishboneSignature, self._addr_width))
-
-    def __repr__(self) -> str:
-        return f"WishboneSignature({self._addr_width})"
 
 
 class WishboneFrontEnd(wiring.Component):
