@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..hdl.sim import TIMESCALE, VERILATOR_ARGS, for_simulator
+
 __all__ = [
     "DEVICES",
     "SIMULATORS",
@@ -35,9 +37,7 @@ __all__ = [
 SIMULATORS = ("icarus", "verilator")
 
 _HDL_DIR = Path(__file__).resolve().parent.parent / "hdl"
-_TIMESCALE = ("1ns", "1ps")
-#: Verilator trips on Amaranth's Verilog in lint only (TOOLCHAIN.md).
-_VERILATOR_ARGS = ("-Wno-fatal", "-Wno-lint", "-O2")
+_VERILATOR_ARGS = (*VERILATOR_ARGS, "-O2")
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ def build(
         # build in a scratch directory, then rename: a crashed build never looks finished
         scratch = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
         try:
-            (scratch / "top.v").write_text(text)
+            (scratch / "top.v").write_text(for_simulator(text, sim))
             runner = runner_for(sim)
             args = list(_VERILATOR_ARGS) if sim == "verilator" else []
             with open(scratch / "build.log", "w") as log:
@@ -167,7 +167,7 @@ def build(
                     hdl_toplevel=kind.toplevel,
                     build_dir=scratch,
                     build_args=args,
-                    timescale=_TIMESCALE,
+                    timescale=TIMESCALE,
                     waves=waves,
                     log_file=log.name,
                 )

@@ -11,7 +11,6 @@ random tests.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -28,6 +27,7 @@ from support import require_tool
 from ivhw.hdl.bus.axil import AXI4LiteFrontEnd
 from ivhw.hdl.bus.wishbone import WishboneFrontEnd
 from ivhw.hdl.flat import IvshmemFlat
+from ivhw.hdl.sim import build_once, for_simulator
 
 __all__: list[str] = []
 
@@ -73,45 +73,15 @@ def _waves() -> bool:
     return os.environ.get("WAVES") == "1"
 
 
-# Yosys makes every ``always @*`` block read a dummy ``reg ... = 0`` so that simulators
-# run it once at time 0; Icarus 11 applies that initializer without an event, so a
-# combinational output whose inputs never change (a state register sitting at its
-# reset value) stays X. For Icarus only, toggle the dummy after 1 ns.
-_TRIGGER = re.compile(r"^(\s*)reg (\\\$auto\$verilog_backend\S+)\s+= 0;$", re.MULTILINE)
-
-
-def _icarus_kick(text: str) -> str:
-    return _TRIGGER.sub(r"\1reg \2 = 0;\n\1initial #1 \2 = 1;", text)
-
-
 def _build(simulator: str) -> tuple[object, Path]:
     """The runner and build directory of ``simulator``, building at most once."""
-    from cocotb_tools.runner import get_runner
-
     text = verilog.convert(FlatBench(**PARAMS), name=TOPLEVEL)
-    if simulator == "icarus":
-        text = _icarus_kick(text)
-    key = hashlib.sha256(f"{text}{_waves()}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{for_simulator(text, simulator)}{_waves()}".encode()).hexdigest()[:12]
     tag = "-".join(f"{k}{v}" for k, v in PARAMS.items())
     build_dir = ROOT / "build" / "hdl" / "flat" / f"{simulator}-{tag}-{key}"
-    build_dir.mkdir(parents=True, exist_ok=True)
-    runner = get_runner(simulator)
-    with open(build_dir / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        stamp = build_dir / ".built"
-        source = build_dir / f"{TOPLEVEL}.v"
-        if not stamp.exists():
-            source.write_text(text)
-            runner.build(
-                sources=[source],
-                hdl_toplevel=TOPLEVEL,
-                build_dir=build_dir,
-                build_args=["-Wno-fatal", "-Wno-lint"] if simulator == "verilator" else [],
-                timescale=("1ns", "1ps"),
-                waves=_waves(),
-                log_file=build_dir / "build.log",
-            )
-            stamp.touch()
+    runner = build_once(
+        text, simulator=simulator, toplevel=TOPLEVEL, build_dir=build_dir, waves=_waves()
+    )
     return runner, build_dir
 
 

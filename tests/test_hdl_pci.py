@@ -11,7 +11,6 @@ waveforms; ``IVHW_SEED=N`` reruns one seed of the random test,
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -25,6 +24,7 @@ from amaranth.back import verilog
 from support import require_tool
 
 from ivhw.hdl.pci import IvshmemPci
+from ivhw.hdl.sim import build_once, for_simulator
 
 __all__: list[str] = []
 
@@ -59,42 +59,14 @@ def _waves() -> bool:
     return os.environ.get("WAVES") == "1"
 
 
-# Icarus 11 applies Yosys's ``always @*`` trigger initializer without an event (see
-# tests/test_hdl_flat.py): toggle it after 1 ns so that combinational outputs settle.
-_TRIGGER = re.compile(r"^(\s*)reg (\\\$auto\$verilog_backend\S+)\s+= 0;$", re.MULTILINE)
-
-
-def _icarus_kick(text: str) -> str:
-    return _TRIGGER.sub(r"\1reg \2 = 0;\n\1initial #1 \2 = 1;", text)
-
-
 def _build(simulator: str, variant: str) -> tuple[Any, Path]:
     """The runner and build directory of ``simulator`` and ``variant``, built at most once."""
-    from cocotb_tools.runner import get_runner
-
     text = verilog.convert(IvshmemPci(**VARIANTS[variant]), name=TOPLEVEL)
-    if simulator == "icarus":
-        text = _icarus_kick(text)
-    key = hashlib.sha256(f"{text}{_waves()}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{for_simulator(text, simulator)}{_waves()}".encode()).hexdigest()[:12]
     build_dir = ROOT / "build" / "hdl" / "pci" / f"{simulator}-{variant}-{key}"
-    build_dir.mkdir(parents=True, exist_ok=True)
-    runner = get_runner(simulator)
-    with open(build_dir / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        stamp = build_dir / ".built"
-        source = build_dir / f"{TOPLEVEL}.v"
-        if not stamp.exists():
-            source.write_text(text)
-            runner.build(
-                sources=[source],
-                hdl_toplevel=TOPLEVEL,
-                build_dir=build_dir,
-                build_args=["-Wno-fatal", "-Wno-lint"] if simulator == "verilator" else [],
-                timescale=("1ns", "1ps"),
-                waves=_waves(),
-                log_file=build_dir / "build.log",
-            )
-            stamp.touch()
+    runner = build_once(
+        text, simulator=simulator, toplevel=TOPLEVEL, build_dir=build_dir, waves=_waves()
+    )
     return runner, build_dir
 
 
