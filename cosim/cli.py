@@ -24,23 +24,13 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..sw.size import size_type
 from . import build as builds
 
 __all__ = ["main"]
 
-_SUFFIXES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-
-
-def _size(text: str) -> int:
-    upper = text.strip().upper()
-    scale = _SUFFIXES.get(upper[-1:], 1)
-    number = upper[:-1] if upper[-1:] in _SUFFIXES else upper
-    if not number.isdigit() or int(number) == 0:
-        raise argparse.ArgumentTypeError(f"size must be a number with an optional K/M/G: {text!r}")
-    value = int(number) * scale
-    if value & (value - 1):
-        raise argparse.ArgumentTypeError(f"size must be a power of two, not {text!r}")
-    return value
+#: ``--shm-size``: the project's one size grammar; the hardware needs a power of two.
+_SHM_SIZE = size_type(minimum=1, power_of_two=True, what="shm size")
 
 
 def _vectors(text: str) -> int:
@@ -75,8 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--sim", choices=builds.SIMULATORS, default="verilator")
     parser.add_argument("--vectors", type=_vectors, default=1, help="own vectors (default 1)")
     parser.add_argument(
-        "--shm-size", type=_size, default=4 << 20,
-        help="the server's shared-memory size, K/M/G suffix (default 4M)",
+        "--shm-size", type=_SHM_SIZE, default=4 << 20,
+        help="the server's shared-memory size: 4096, 0x1000, 64K, 4M (default 4M)",
     )  # fmt: skip
     parser.add_argument(
         "--guest", default="echo",

@@ -17,21 +17,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DEVICES", "Device", "main", "parse_size"]
+from ..sw.size import size_type
 
-_SUFFIXES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "": 1}
+__all__ = ["DEVICES", "Device", "main"]
 
-
-def parse_size(text: str) -> int:
-    """A byte count with an optional K/M/G suffix (powers of 1024), as QEMU's ``-l``."""
-    upper = text.strip().upper()
-    suffix = upper[-1:] if upper[-1:] in _SUFFIXES else ""
-    number = upper[: len(upper) - len(suffix)]
-    if not number.isdigit():
-        raise argparse.ArgumentTypeError(
-            f"size must be a number with an optional K/M/G, not {text!r}"
-        )
-    return int(number) * _SUFFIXES[suffix]
+#: ``--shm-size``: the project's one size grammar; the device checks its own minimum.
+_SHM_SIZE = size_type(minimum=1, power_of_two=True, what="shm size")
 
 
 def _integer(text: str) -> int:
@@ -64,8 +55,8 @@ def _flat_options(parser: argparse.ArgumentParser, default_vectors: int | None =
         help=f"own vectors, 1..{MAX_VECTORS} (default {vectors})",
     )
     parser.add_argument(
-        "--shm-size", type=parse_size, default=4 << 20,
-        help="shared memory, a power of two, K/M/G suffix (default 4M)",
+        "--shm-size", type=_SHM_SIZE, default=4 << 20,
+        help="shared memory, a power of two: 4096, 0x1000, 64K, 4M (default 4M)",
     )  # fmt: skip
 
 

@@ -54,13 +54,14 @@ from .protocol import (
     SHM_MESSAGE_ID,
     send_message,
 )
+from .size import format_size, size_type
 
 __all__ = [
     "DEFAULT_PID_FILE",
+    "MAX_SHM_SIZE",
     "IvshmemServer",
     "ServerError",
     "main",
-    "parse_size",
     "pow2ceil",
 ]
 
@@ -79,6 +80,8 @@ _ACCEPT_BURST = 64
 #: How long to stop accepting when not even a reserve fd is left to refuse with.
 _ACCEPT_PAUSE = 0.1
 _PEERCRED = struct.Struct("3i")
+#: Largest shared memory: rounded up to a power of two it must still fit in an ``off_t``.
+MAX_SHM_SIZE = 1 << 62
 
 
 class ServerError(Exception):
@@ -88,31 +91,6 @@ class ServerError(Exception):
 def pow2ceil(value: int) -> int:
     """Smallest power of two that is ``>= value`` (QEMU's ``pow2ceil``; 1 for 0)."""
     return 1 if value <= 1 else 1 << (value - 1).bit_length()
-
-
-_SIZE_RE = re.compile(r"(?i)(0x[0-9a-f]+|\d+(?:\.\d*)?)([bkmgtpe]?)")
-_SUFFIX = {"": 0, "b": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
-
-
-def parse_size(text: str) -> int:
-    """Parse a size like QEMU's ``parse_option_size``: ``4194304``, ``4M``, ``1.5G``, ``64k``.
-
-    Raises ``ValueError`` with a one-line message on anything else.
-    """
-    match = _SIZE_RE.fullmatch(text.strip())
-    if match is None:
-        raise ValueError(f"invalid size {text!r} (expected e.g. 4096, 64K, 4M, 1G)")
-    number, suffix = match.groups()
-    shift = _SUFFIX[suffix.lower()]
-    if number.lower().startswith("0x"):
-        if suffix:
-            raise ValueError(f"invalid size {text!r}: no suffix after a hex number")
-        return int(number, 16)
-    if "." in number:
-        if not suffix:
-            raise ValueError(f"invalid size {text!r}: a fraction needs a suffix (K, M, G)")
-        return int(float(number) * (1 << shift))
-    return int(number) << shift
 
 
 def _parse_uint(text: str) -> int:
@@ -280,8 +258,10 @@ class IvshmemServer:
     ) -> None:
         if not 0 <= vectors <= MAX_VECTORS:
             raise ValueError(f"vectors must be 0..{MAX_VECTORS}, not {vectors!r}")
-        if shm_size <= 0:
-            raise ValueError(f"shm_size must be positive, not {shm_size!r}")
+        if not 0 < shm_size <= MAX_SHM_SIZE:
+            raise ValueError(
+                f"shm_size must be 1..{format_size(MAX_SHM_SIZE)} bytes, not {shm_size!r}"
+            )
         if shm_name is not None and shm_dir is not None:
             raise ValueError("give shm_name or shm_dir, not both")
         if shm_name is not None and (not shm_name.strip("/") or "/" in shm_name.strip("/")):
@@ -912,7 +892,8 @@ Usage: {{prog}} [OPTION]...
      default {DEFAULT_SHM_NAME}
   -m <dir-name>: where to create shared memory
   -l <size>: size of shared memory in bytes
-     suffixes K, M and G can be used, e.g. 1K means 1024
+     suffixes K, M, G, T, P and E can be used, e.g. 1K means 1024;
+     0x for hexadecimal
      default {DEFAULT_SHM_SIZE}
   -n <nvectors>: number of vectors
      default 1
@@ -945,14 +926,7 @@ def _shm_arg(kind: str) -> Callable[[str], tuple[str, str]]:
     return convert
 
 
-def _size_arg(text: str) -> int:
-    try:
-        size = parse_size(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    if size <= 0:
-        raise argparse.ArgumentTypeError(f"shm size must be positive, not {text!r}")
-    return size
+_SHM_SIZE = size_type(minimum=1, maximum=MAX_SHM_SIZE, what="shm size")
 
 
 def _vectors_arg(text: str) -> int:
@@ -1014,7 +988,13 @@ def _parser(prog: str) -> _ArgumentParser:
         "-M", dest="shm", type=_shm_arg("name"), default=("name", DEFAULT_SHM_NAME), metavar="NAME"
     )
     parser.add_argument("-m", dest="shm", type=_shm_arg("dir"), metavar="DIR")
-    parser.add_argument("-l", dest="size", type=_size_arg, default=DEFAULT_SHM_SIZE, metavar="SIZE")
+    parser.add_argument(
+        "-l",
+        dest="size",
+        type=_SHM_SIZE,
+        default=DEFAULT_SHM_SIZE,
+        metavar="SIZE",
+    )
     parser.add_argument("-n", dest="vectors", type=_vectors_arg, default=1, metavar="VECTORS")
     parser.add_argument("--socket-mode", type=_mode_arg, default=0o600, metavar="OCTAL")
     parser.add_argument("--allow-uid", type=_id_arg, action="append", default=[], metavar="UID")

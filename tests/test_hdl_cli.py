@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ivhw.hdl.cli import main, parse_size
+from ivhw.hdl.cli import main
 
 __all__: list[str] = []
 
@@ -27,8 +27,8 @@ def test_writes_verilog(tmp_path: Path, bus: str, port: str) -> None:
     [
         (["verilog", "flat", "--vectors", "65"], "vectors must be 1..64, not 65"),
         (["verilog", "flat", "--vectors", "x"], "must be an integer, not 'x'"),
-        (["verilog", "flat", "--shm-size", "3K"], "power of two, not 3072"),
-        (["verilog", "flat", "--shm-size", "3Q"], "not '3Q'"),
+        (["verilog", "flat", "--shm-size", "3K"], "power of two, not '3K' (3072 bytes)"),
+        (["verilog", "flat", "--shm-size", "3Q"], "invalid shm size '3Q'"),
         (["verilog", "flat", "--bus", "apb"], "invalid choice: 'apb'"),
         (["verilog", "isa"], "invalid choice: 'isa'"),
         (["verilog", "pci", "--vectors", "0"], "vectors must be 1..64, not 0"),
@@ -72,9 +72,3 @@ def test_writes_pci_verilog(
         assert port in text
     for port in absent:
         assert port not in text
-
-
-def test_parse_size() -> None:
-    assert parse_size("4M") == 4 << 20
-    assert parse_size("64k") == 64 << 10
-    assert parse_size("4096") == 4096
