@@ -297,6 +297,9 @@ class IvshmemServer:
         self._shm_fd = -1
         self._listener: socket.socket | None = None
         self._socket_ident: tuple[int, int] | None = None
+        #: (st_dev, st_ino) of the -M object once locked: only that one is unlinked at exit
+        self._shm_ident: tuple[int, int] | None = None
+        self._listening = False
         self._selector: selectors.BaseSelector | None = None
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
@@ -330,8 +333,10 @@ class IvshmemServer:
         if self.raise_fd_limit:
             _raise_nofile_limit()
         try:
-            self._open_shm()
+            # the socket first: until it is known to be ours, no shared memory is touched
+            # (a second server on a live one's socket must not resize or unlink its memory)
             self._bind()
+            self._open_shm()
             self._selector = selectors.DefaultSelector()
             self._wake_r, self._wake_w = socket.socketpair()
             self._wake_r.setblocking(False)
@@ -346,6 +351,7 @@ class IvshmemServer:
             raise
         self._quit = False
         self._done.clear()
+        self._listening = True
         log.info(
             "listening on %s: shm %s, %d bytes, %d vector(s)",
             self.socket_path,
@@ -408,15 +414,44 @@ class IvshmemServer:
         return "memfd"
 
     def _open_shm(self) -> None:
+        fresh = True
         if self.shm_name is not None:
             import _posixshmem  # CPython's binding of shm_open, as multiprocessing uses it
 
             where = f"/dev/shm/{self.shm_name}"
             try:
-                fd = _posixshmem.shm_open("/" + self.shm_name, os.O_CREAT | os.O_RDWR, 0o700)
+                fd = _posixshmem.shm_open(
+                    "/" + self.shm_name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o700
+                )
+            except FileExistsError:
+                fresh = False
+                try:
+                    fd = _posixshmem.shm_open("/" + self.shm_name, os.O_RDWR, 0o700)
+                except OSError as e:
+                    raise ServerError(f"cannot open shm {where}: {e.strerror}") from None
             except OSError as e:
                 raise ServerError(f"cannot open shm {where}: {e.strerror}") from None
             os.set_inheritable(fd, False)
+            self._shm_fd = fd
+            # The lock lives on the open file, which every peer shares through the fd we
+            # send: it is held while this server or any of its peers may use the memory.
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ServerError(
+                    f"shm {where} is in use by another server or its peers: "
+                    "stop them or use another -M"
+                ) from None
+            st = os.fstat(fd)
+            if not fresh and st.st_size > self.shm_size:
+                # someone may still map it (a killed server's peers, a plain mapping):
+                # shrinking would take pages from under them
+                have, want = format_size(st.st_size), format_size(self.requested_size)
+                raise ServerError(
+                    f"shm {where} exists with {have}, more than -l {want}: shrinking it "
+                    f"could crash whoever maps it; remove it or use -l {have}"
+                )
+            self._shm_ident = (st.st_dev, st.st_ino)  # ours now: unlinked at exit
         elif self.shm_dir is not None:
             where = self.shm_dir
             try:
@@ -801,25 +836,31 @@ class IvshmemServer:
         if self._shm_fd >= 0:
             os.close(self._shm_fd)
             self._shm_fd = -1
-            if self.shm_name is not None:
-                # as QEMU's server does on exit
-                try:
-                    os.unlink(f"/dev/shm/{self.shm_name}")
-                except OSError:
-                    pass
+            if self._shm_ident is not None:
+                # as QEMU's server does on exit, but only our own object: not one that
+                # another server holds (we failed to lock it) or put there since
+                self._unlink_if_ours(f"/dev/shm/{self.shm_name}", self._shm_ident)
+                self._shm_ident = None
         if self._listener is None and self._socket_ident is not None:
             self._socket_ident = None
-            log.info("server closed")
+            if self._listening:
+                log.info("server closed")
+            self._listening = False
 
     def _unlink_socket(self) -> None:
         """Remove our socket file, but not one another server has put there since."""
+        if self._socket_ident is not None:
+            self._unlink_if_ours(self.socket_path, self._socket_ident)
+
+    @staticmethod
+    def _unlink_if_ours(path: str, ident: tuple[int, int]) -> None:
         try:
-            st = os.lstat(self.socket_path)
+            st = os.lstat(path)
         except OSError:
             return
-        if (st.st_dev, st.st_ino) == self._socket_ident:
+        if (st.st_dev, st.st_ino) == ident:
             try:
-                os.unlink(self.socket_path)
+                os.unlink(path)
             except OSError:
                 pass
 
