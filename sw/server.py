@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import errno
 import fcntl
 import logging
@@ -762,6 +763,12 @@ class IvshmemServer:
             self._enqueue(peer, _Item(_VECTORS, peer, peer))
         self._peers[peer_id] = peer
         log.info("peer %d joined (pid %d, uid %d)", peer_id, pid, uid)
+        log.debug(
+            "peer %d: %d vector(s), announced to %d peer(s)",
+            peer_id,
+            len(eventfds),
+            len(self._peers) - 1,
+        )
 
     def _allocate_id(self) -> int | None:
         candidate = self._next_id
@@ -944,6 +951,8 @@ Usage: {{prog}} [OPTION]...
   --max-peers <n>: refuse connections beyond n peers
   --stall-timeout <seconds>: disconnect a client that stops reading, default 10
      (0: never)
+  --log-file <path>: append the log there instead of stderr (a daemon is silent
+     otherwise); with -v also in daemon mode
 """
 
 
@@ -961,6 +970,10 @@ def _shm_arg(kind: str) -> Callable[[str], tuple[str, str]]:
     def convert(text: str) -> tuple[str, str]:
         if not text:
             raise argparse.ArgumentTypeError("must not be empty")
+        if kind == "name" and not text.strip("/"):
+            raise argparse.ArgumentTypeError(f"a shm name is not only '/': {text!r}")
+        if kind == "name" and "/" in text.strip("/"):
+            raise argparse.ArgumentTypeError(f"a shm name has no '/' inside: {text!r}")
         return kind, text
 
     convert.__name__ = "shm name" if kind == "name" else "directory"
@@ -1042,11 +1055,17 @@ def _parser(prog: str) -> _ArgumentParser:
     parser.add_argument("--allow-gid", type=_id_arg, action="append", default=[], metavar="GID")
     parser.add_argument("--max-peers", type=_peers_arg, default=None, metavar="N")
     parser.add_argument("--stall-timeout", type=_seconds_arg, default=10.0, metavar="SECONDS")
+    parser.add_argument("--log-file", default=None, metavar="PATH")
     return parser
 
 
-def _daemonize(pid_file: str) -> None:
-    """Double fork; the original process exits once the pid file is written (or failed)."""
+def _daemonize(pid_file: int) -> None:
+    """Double fork; the original process exits once the daemon has written ``pid_file``.
+
+    ``pid_file`` is an fd opened (and so checked) before the fork. The daemon's
+    stdin, stdout and stderr then go to /dev/null: it says nothing on the
+    terminal that started it (``--log-file`` is where its log goes).
+    """
     ready_r, ready_w = os.pipe()
     if os.fork() > 0:
         os.close(ready_w)
@@ -1062,19 +1081,57 @@ def _daemonize(pid_file: str) -> None:
     if os.fork() > 0:
         os._exit(0)
     try:
-        with open(pid_file, "w") as f:
-            f.write(f"{os.getpid()}\n")
+        os.write(pid_file, f"{os.getpid()}\n".encode())
+        os.close(pid_file)
     except OSError as e:
-        os.write(
-            ready_w, f"ivshmem-server: cannot write pid file {pid_file}: {e.strerror}\n".encode()
-        )
+        os.write(ready_w, f"ivshmem-server: cannot write the pid file: {e.strerror}\n".encode())
         os.close(ready_w)
         raise
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(
+            handler, logging.FileHandler
+        ):
+            logging.getLogger().removeHandler(handler)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
     os.close(devnull)
     os.write(ready_w, b"ok")
     os.close(ready_w)
+
+
+def _remove_pid_file(path: str) -> None:
+    """Remove the pid file at exit if it still names this process."""
+    try:
+        with open(path) as f:
+            mine = f.read().strip() == str(os.getpid())
+        if mine:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def _setup_logging(prog: str, args: argparse.Namespace) -> None:
+    """Log to ``--log-file`` if given, else to stderr; a daemon's stderr says only warnings."""
+    level = logging.DEBUG if args.verbose else logging.INFO
+    if args.log_file is not None:
+        try:
+            handler: logging.Handler = logging.FileHandler(args.log_file)
+        except OSError as e:
+            sys.stderr.write(f"{prog}: cannot open log file {args.log_file}: {e.strerror}\n")
+            raise SystemExit(1) from None
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s {prog}[%(process)d]: %(levelname)s: %(message)s")
+        )
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(f"{prog}: %(levelname)s: %(message)s"))
+        if not args.foreground:
+            # until it detaches, a daemon tells its terminal only what went wrong
+            handler.setLevel(logging.WARNING)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1085,36 +1142,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.help:
         sys.stdout.write(parser.format_help())
         return 0
-    if args.verbose and not args.foreground:
-        parser.error("cannot use verbose in daemon mode (add -F)")
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format=f"{prog}: %(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
+    if args.verbose and not args.foreground and args.log_file is None:
+        parser.error("cannot use verbose in daemon mode (add -F or --log-file)")
     kind, value = args.shm
-    if kind == "name" and "/" in value.strip("/"):
-        parser.error(f"argument -M: a shm name has no '/' inside: {value!r}")
-    server = IvshmemServer(
-        args.socket_path,
-        shm_size=args.size,
-        vectors=args.vectors,
-        shm_name=value if kind == "name" else None,
-        shm_dir=value if kind == "dir" else None,
-        socket_mode=args.socket_mode,
-        allow_uids=args.allow_uid,
-        allow_gids=args.allow_gid,
-        max_peers=args.max_peers,
-        stall_timeout=args.stall_timeout,
-    )
+    try:
+        server = IvshmemServer(
+            args.socket_path,
+            shm_size=args.size,
+            vectors=args.vectors,
+            shm_name=value if kind == "name" else None,
+            shm_dir=value if kind == "dir" else None,
+            socket_mode=args.socket_mode,
+            allow_uids=args.allow_uid,
+            allow_gids=args.allow_gid,
+            max_peers=args.max_peers,
+            stall_timeout=args.stall_timeout,
+        )
+    except ValueError as e:
+        parser.error(str(e))
+    _setup_logging(prog, args)
+    pid_fd = -1
+    pid_file = os.path.abspath(args.pid_file)
+    if not args.foreground:
+        # opened before anything starts, so that an unwritable pid file is one line
+        try:
+            pid_fd = os.open(pid_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            sys.stderr.write(f"{prog}: cannot write pid file {pid_file}: {e.strerror}\n")
+            return 1
     try:
         server.start()
     except ServerError as e:
         sys.stderr.write(f"{prog}: {e}\n")
+        if pid_fd >= 0:
+            os.close(pid_fd)
+            with contextlib.suppress(OSError):
+                os.unlink(pid_file)
         return 1
     if not args.foreground:
         try:
-            _daemonize(os.path.abspath(args.pid_file))
+            _daemonize(pid_fd)
         except OSError:
             server.stop()
             return 1
@@ -1125,7 +1192,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    server.serve_forever()
+    try:
+        server.serve_forever()
+    finally:
+        if not args.foreground:
+            _remove_pid_file(pid_file)
     return 0
 
 

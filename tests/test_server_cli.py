@@ -56,6 +56,14 @@ def wait_gone(pid: int, timeout: float = 10.0) -> bool:
         (["-F", "--stall-timeout", "-1"], "must not be negative"),
         (["-F", "extra"], "unrecognized arguments"),
         (["-F", "-M", "a/b"], "a shm name has no '/' inside"),
+        (["-F", "-M", "/"], "a shm name is not only '/'"),
+        (["-F", "-M", "//"], "a shm name is not only '/'"),
+        (["-F", "-M", ""], "must not be empty"),
+        (["-F", "-l", "8E"], "shm size '8E' is too large: at most 4E"),
+        (["-F", "-l", "16E"], "shm size '16E' is too large: at most 4E"),
+        (["-F", "-l", "9" * 20], "is too large: at most 4E"),
+        (["-F", "-l", "4" * 20], "is too large: at most 4E"),
+        (["-v", "-p", "/tmp/x.pid"], "cannot use verbose in daemon mode (add -F or --log-file)"),
     ],
 )
 def test_bad_arguments_give_one_line_and_status_2(
@@ -156,9 +164,80 @@ def test_unwritable_pid_file_fails_in_the_foreground(tmp_path: Path, shm: str) -
             timeout=20,
         ).returncode
     assert status == 1
-    assert "cannot write pid file" in log.read_text()
+    assert log.read_text().splitlines() == [
+        f"ivshmem-server: cannot write pid file {tmp_path}/no/such/dir.pid: "
+        "No such file or directory"
+    ]
     time.sleep(0.2)
     assert not path.exists()
+    assert not Path("/dev/shm", shm).exists()
+
+
+def _daemon(tmp_path: Path, *args: str) -> tuple[int, Path]:
+    """Start a daemonized server; its pid and the file its inherited stdout/stderr go to."""
+    pid_file = tmp_path / "server.pid"
+    out = tmp_path / "terminal"
+    with open(out, "wb") as terminal:
+        status = subprocess.run(
+            [*SERVER, "-p", str(pid_file), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=terminal,
+            stderr=terminal,
+            timeout=20,
+        ).returncode
+    assert status == 0, out.read_text()
+    return int(pid_file.read_text()), out
+
+
+def _stop_daemon(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+        assert wait_gone(pid)
+    finally:
+        if os.path.exists(f"/proc/{pid}"):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_daemon_is_quiet_on_the_terminal_that_started_it(tmp_path: Path, shm: str) -> None:
+    path = tmp_path / "d.sock"
+    pid, terminal = _daemon(tmp_path, "-S", str(path), "-M", shm, "-l", "1M")
+    try:
+        for _ in range(3):
+            with RawClient(path) as client:
+                client.handshake()
+    finally:
+        _stop_daemon(pid)
+    assert terminal.read_text() == ""
+    assert not (tmp_path / "server.pid").exists()  # removed at exit
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_daemon_logs_to_the_log_file(tmp_path: Path, shm: str, verbose: bool) -> None:
+    path = tmp_path / "d.sock"
+    log = tmp_path / "server.log"
+    args = ["-S", str(path), "-M", shm, "--log-file", str(log), *(["-v"] if verbose else [])]
+    pid, terminal = _daemon(tmp_path, *args)
+    try:
+        with RawClient(path) as client:
+            peer_id, _fd = client.handshake()
+    finally:
+        _stop_daemon(pid)
+    assert terminal.read_text() == ""
+    text = log.read_text()
+    assert f"listening on {path}" in text
+    assert f"peer {peer_id} joined" in text
+    assert f"peer {peer_id} disconnected" in text
+    assert "SIGTERM: shutting down" in text
+    assert (f"DEBUG: peer {peer_id}: 1 vector(s)" in text) == verbose
+
+
+def test_unwritable_log_file_is_one_line(tmp_path: Path, shm: str) -> None:
+    result = run_cli("-F", "-S", str(tmp_path / "s"), "-M", shm, "--log-file", "/no/such/log")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "ivshmem-server: cannot open log file /no/such/log: No such file or directory"
+    ]
+    assert not (tmp_path / "s").exists()
 
 
 def test_stale_socket_file_is_replaced(tmp_path: Path, shm: str) -> None:
