@@ -45,6 +45,7 @@ from ..sw.regmap import DOORBELL
 
 __all__ = [
     "PEER_WIDTH",
+    "TRANSPORT_PORTS",
     "VECTOR_COUNT_WIDTH",
     "VECTOR_WIDTH",
     "AddressedSignature",
@@ -56,9 +57,11 @@ __all__ = [
     "add_doorbell_queue",
     "check_int",
     "check_shm_size",
+    "connect_transport",
     "doorbell_signature",
     "event_signature",
     "transport_members",
+    "transport_ports",
 ]
 
 #: Width of a peer ID (the server hands out IDs 0..65535).
@@ -232,12 +235,14 @@ def check_shm_size(value: object, minimum: int) -> int:
     return size
 
 
-def transport_members(shm_size: int) -> dict[str, wiring.Member]:
-    """The transport ports and drop counters every ivshmem device has, by name.
+#: The transport ports of a device, by member name (the drop counters are not ports).
+TRANSPORT_PORTS = ("doorbell", "event", "ident", "peers", "mem")
 
-    ``doorbell``, ``event``, ``ident``, ``peers``, ``mem`` (see the module
-    docstring) and the 32-bit counters ``doorbell_bad_peer``,
-    ``doorbell_bad_vector``, ``bad_access`` and ``events_dropped``.
+
+def transport_ports(shm_size: int) -> dict[str, wiring.Member]:
+    """The transport ports of a device with ``shm_size`` bytes of shared memory, device side.
+
+    ``wiring.Signature(transport_ports(n)).flip()`` is the transport's side of them.
     """
     word_bits = shm_size.bit_length() - 1 - 2
     return {
@@ -246,11 +251,33 @@ def transport_members(shm_size: int) -> dict[str, wiring.Member]:
         "ident": In(IdentSignature()),
         "peers": Out(PeerQuerySignature()),
         "mem": Out(MemorySignature(word_bits)),
+    }
+
+
+def transport_members(shm_size: int) -> dict[str, wiring.Member]:
+    """The transport ports and drop counters every ivshmem device has, by name.
+
+    ``doorbell``, ``event``, ``ident``, ``peers``, ``mem`` (see the module
+    docstring) and the 32-bit counters ``doorbell_bad_peer``,
+    ``doorbell_bad_vector``, ``bad_access`` and ``events_dropped``.
+    """
+    return {
+        **transport_ports(shm_size),
         "doorbell_bad_peer": Out(32),
         "doorbell_bad_vector": Out(32),
         "bad_access": Out(32),
         "events_dropped": Out(32),
     }
+
+
+def connect_transport(m: Module, device: object, transport: object) -> None:
+    """Connect the :data:`TRANSPORT_PORTS` of ``device`` to those of ``transport``.
+
+    ``wiring.connect`` wants the same members on both sides; a device has more
+    (its bus, its counters, its interrupt), so the ports are connected one by one.
+    """
+    for name in TRANSPORT_PORTS:
+        wiring.connect(m, getattr(device, name), getattr(transport, name))
 
 
 def add_doorbell_queue(m: Module, device: wiring.Component, depth: int) -> SyncFIFOBuffered:
