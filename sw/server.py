@@ -60,10 +60,15 @@ from .size import format_size, size_type
 __all__ = [
     "DEFAULT_PID_FILE",
     "MAX_SHM_SIZE",
+    "USAGE_HEAD",
+    "USAGE_TAIL",
     "IvshmemServer",
     "ServerError",
+    "common_parser",
     "main",
+    "parse_uint",
     "pow2ceil",
+    "run_cli",
 ]
 
 log = logging.getLogger(__name__)
@@ -94,7 +99,7 @@ def pow2ceil(value: int) -> int:
     return 1 if value <= 1 else 1 << (value - 1).bit_length()
 
 
-def _parse_uint(text: str) -> int:
+def parse_uint(text: str) -> int:
     """Parse an unsigned integer like C's ``strtoull(..., 0)``: decimal, 0x hex, 0 octal."""
     t = text.strip()
     if re.fullmatch(r"(?i)0x[0-9a-f]+", t):
@@ -159,7 +164,11 @@ class _Peer:
 
 
 class _Rev1Codec:
-    """Revision 1 framing: every message is one int64, optionally with one fd."""
+    """Revision 1 framing: every message is one int64, optionally with one fd.
+
+    A codec turns queued items into wire messages: ``count(item)`` of them, message
+    number ``item.next`` sent by ``send(sock, item, shm_fd)`` (one ``sendmsg``).
+    """
 
     @staticmethod
     def count(item: _Item) -> int:
@@ -171,17 +180,18 @@ class _Rev1Codec:
         return 1  # _GONE
 
     @staticmethod
-    def message(item: _Item, shm_fd: int) -> tuple[int, int | None]:
-        """Value and fd of message number ``item.next`` of ``item``."""
+    def send(sock: socket.socket, item: _Item, shm_fd: int) -> None:
+        """Send message number ``item.next`` of ``item``."""
         if item.kind == _VECTORS:
-            return item.peer.id, item.peer.eventfds[item.next]
-        if item.kind == _INIT:
-            if item.next == 0:
-                return PROTOCOL_VERSION, None
-            if item.next == 1:
-                return item.peer.id, None
-            return SHM_MESSAGE_ID, shm_fd
-        return item.peer.id, None
+            send_message(sock, item.peer.id, item.peer.eventfds[item.next])
+        elif item.kind != _INIT:
+            send_message(sock, item.peer.id)
+        elif item.next == 0:
+            send_message(sock, PROTOCOL_VERSION)
+        elif item.next == 1:
+            send_message(sock, item.peer.id)
+        else:
+            send_message(sock, SHM_MESSAGE_ID, shm_fd)
 
 
 class IvshmemServer:
@@ -288,7 +298,8 @@ class IvshmemServer:
         self.refused = 0
         self.write_waits = 0
         self.fd_retries = 0
-        self._codec = _Rev1Codec()
+        self._codec: _Rev1Codec = _Rev1Codec()
+        self._max_peers_option = "--max-peers"
         self._peers: dict[int, _Peer] = {}
         self._zombies: set[_Peer] = set()  # gone, eventfds still queued to someone
         self._dirty: set[_Peer] = set()  # have messages and may send now
@@ -353,13 +364,7 @@ class IvshmemServer:
         self._quit = False
         self._done.clear()
         self._listening = True
-        log.info(
-            "listening on %s: shm %s, %d bytes, %d vector(s)",
-            self.socket_path,
-            self._shm_description(),
-            self.shm_size,
-            self.vectors,
-        )
+        log.info("listening on %s: %s", self.socket_path, self._summary())
 
     def serve_forever(self) -> None:
         """Run the event loop until ``stop()``; closes everything on return."""
@@ -406,6 +411,10 @@ class IvshmemServer:
         self.stop()
 
     # -- setup -----------------------------------------------------------------------------
+
+    def _summary(self) -> str:
+        """What the server serves, for its start-up log line."""
+        return f"shm {self._shm_description()}, {self.shm_size} bytes, {self.vectors} vector(s)"
 
     def _shm_description(self) -> str:
         if self.shm_name is not None:
@@ -614,8 +623,7 @@ class IvshmemServer:
                 if item.kind == _CANCELLED:
                     queue.popleft()
                     continue
-                value, fd = codec.message(item, shm_fd)
-                send_message(sock, value, fd)
+                codec.send(sock, item, shm_fd)
                 sent += 1
                 item.next += 1
                 if item.next >= codec.count(item):
@@ -731,7 +739,7 @@ class IvshmemServer:
             self._refuse(sock, pid, f"uid {uid} / gid {gid} not allowed")
             return
         if self.max_peers is not None and len(self._peers) >= self.max_peers:
-            self._refuse(sock, pid, f"already {len(self._peers)} peers (--max-peers)")
+            self._refuse(sock, pid, f"already {len(self._peers)} peers ({self._max_peers_option})")
             return
         peer_id = self._allocate_id()
         if peer_id is None:
@@ -770,7 +778,11 @@ class IvshmemServer:
             len(self._peers) - 1,
         )
 
+    def _peer_left(self, peer: _Peer) -> None:
+        """Called when ``peer`` is gone, before anyone is told (revision 2 clears its state)."""
+
     def _allocate_id(self) -> int | None:
+        """An ID for a new peer, or ``None``: QEMU's counter that skips IDs in use."""
         candidate = self._next_id
         for _ in range(MAX_PEER_ID + 1):
             if candidate not in self._peers:
@@ -788,6 +800,7 @@ class IvshmemServer:
             self._selector.unregister(peer.sock)
         peer.sock.close()
         del self._peers[peer.id]
+        self._peer_left(peer)
         self._dirty.discard(peer)
         self._retry.discard(peer)
         queue = peer.queue
@@ -927,7 +940,8 @@ def _socket_is_live(path: str) -> bool:
 
 # -- command line --------------------------------------------------------------------------
 
-_USAGE = f"""\
+#: ``-h`` text of the options both servers share, before and after their own.
+USAGE_HEAD = f"""\
 Usage: {{prog}} [OPTION]...
   -h: show this help
   -v: verbose mode
@@ -943,27 +957,39 @@ Usage: {{prog}} [OPTION]...
      suffixes K, M, G, T, P and E can be used, e.g. 1K means 1024;
      0x for hexadecimal
      default {DEFAULT_SHM_SIZE}
-  -n <nvectors>: number of vectors
-     default 1
+"""
+USAGE_TAIL = """\
   --socket-mode <octal>: permissions of the socket file, default 0600
   --allow-uid <uid>, --allow-gid <gid>: admit only these clients (SO_PEERCRED),
      repeatable
-  --max-peers <n>: refuse connections beyond n peers
   --stall-timeout <seconds>: disconnect a client that stops reading, default 10
      (0: never)
   --log-file <path>: append the log there instead of stderr (a daemon is silent
      otherwise); with -v also in daemon mode
 """
+_USAGE = (
+    USAGE_HEAD
+    + """\
+  -n <nvectors>: number of vectors
+     default 1
+  --max-peers <n>: refuse connections beyond n peers
+"""
+    + USAGE_TAIL
+)
 
 
 class _ArgumentParser(argparse.ArgumentParser):
     """argparse with a one-line error (``prog: error: ...``, status 2) and QEMU's usage text."""
 
+    def __init__(self, *, usage_text: str, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self._usage_text = usage_text
+
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
 
     def format_help(self) -> str:
-        return _USAGE.format(prog=self.prog)
+        return self._usage_text.format(prog=self.prog)
 
 
 def _shm_arg(kind: str) -> Callable[[str], tuple[str, str]]:
@@ -985,7 +1011,7 @@ _SHM_SIZE = size_type(minimum=1, maximum=MAX_SHM_SIZE, what="shm size")
 
 def _vectors_arg(text: str) -> int:
     try:
-        n = _parse_uint(text)
+        n = parse_uint(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"cannot parse n_vectors {text!r}") from None
     if n > MAX_VECTORS:
@@ -1030,8 +1056,12 @@ def _seconds_arg(text: str) -> float:
     return value
 
 
-def _parser(prog: str) -> _ArgumentParser:
-    parser = _ArgumentParser(prog=prog, add_help=False, allow_abbrev=False)
+def common_parser(prog: str, usage_text: str) -> _ArgumentParser:
+    """The options both servers share (QEMU's and ours); each adds its own on top.
+
+    ``usage_text`` is the ``-h`` text, with ``{prog}`` for the program name.
+    """
+    parser = _ArgumentParser(prog=prog, usage_text=usage_text, add_help=False, allow_abbrev=False)
     parser.add_argument("-h", action="store_true", dest="help")
     parser.add_argument("-v", action="store_true", dest="verbose")
     parser.add_argument("-F", action="store_true", dest="foreground")
@@ -1049,17 +1079,22 @@ def _parser(prog: str) -> _ArgumentParser:
         default=DEFAULT_SHM_SIZE,
         metavar="SIZE",
     )
-    parser.add_argument("-n", dest="vectors", type=_vectors_arg, default=1, metavar="VECTORS")
     parser.add_argument("--socket-mode", type=_mode_arg, default=0o600, metavar="OCTAL")
     parser.add_argument("--allow-uid", type=_id_arg, action="append", default=[], metavar="UID")
     parser.add_argument("--allow-gid", type=_id_arg, action="append", default=[], metavar="GID")
-    parser.add_argument("--max-peers", type=_peers_arg, default=None, metavar="N")
     parser.add_argument("--stall-timeout", type=_seconds_arg, default=10.0, metavar="SECONDS")
     parser.add_argument("--log-file", default=None, metavar="PATH")
     return parser
 
 
-def _daemonize(pid_file: int) -> None:
+def _parser(prog: str) -> _ArgumentParser:
+    parser = common_parser(prog, _USAGE)
+    parser.add_argument("-n", dest="vectors", type=_vectors_arg, default=1, metavar="VECTORS")
+    parser.add_argument("--max-peers", type=_peers_arg, default=None, metavar="N")
+    return parser
+
+
+def _daemonize(prog: str, pid_file: int) -> None:
     """Double fork; the original process exits once the daemon has written ``pid_file``.
 
     ``pid_file`` is an fd opened (and so checked) before the fork. The daemon's
@@ -1073,7 +1108,7 @@ def _daemonize(pid_file: int) -> None:
             status = ready.read()
         if status == b"ok":
             os._exit(0)
-        sys.stderr.write(status.decode(errors="replace") or "ivshmem-server: daemon died\n")
+        sys.stderr.write(status.decode(errors="replace") or f"{prog}: daemon died\n")
         sys.stderr.flush()
         os._exit(1)
     os.close(ready_r)
@@ -1084,7 +1119,7 @@ def _daemonize(pid_file: int) -> None:
         os.write(pid_file, f"{os.getpid()}\n".encode())
         os.close(pid_file)
     except OSError as e:
-        os.write(ready_w, f"ivshmem-server: cannot write the pid file: {e.strerror}\n".encode())
+        os.write(ready_w, f"{prog}: cannot write the pid file: {e.strerror}\n".encode())
         os.close(ready_w)
         raise
     for handler in logging.getLogger().handlers:
@@ -1134,10 +1169,19 @@ def _setup_logging(prog: str, args: argparse.Namespace) -> None:
     root.setLevel(level)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point, options as QEMU's ``ivshmem-server``; returns the exit status."""
-    prog = "ivshmem-server"
-    parser = _parser(prog)
+ServerFactory = Callable[[argparse.Namespace, dict[str, object]], IvshmemServer]
+
+
+def run_cli(
+    prog: str, parser: _ArgumentParser, argv: Sequence[str] | None, make_server: ServerFactory
+) -> int:
+    """Parse, build the server with ``make_server(args, common_kwargs)``, serve; exit status.
+
+    What both servers' commands share: ``-h``, the verbose/daemon rule, logging, the
+    shared-memory choice, one-line errors (a ``ValueError`` from ``make_server`` is a
+    usage error, status 2; a ``ServerError`` from ``start()`` status 1), the pid file,
+    daemon mode, SIGTERM/SIGINT.
+    """
     args = parser.parse_args(argv)
     if args.help:
         sys.stdout.write(parser.format_help())
@@ -1146,17 +1190,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("cannot use verbose in daemon mode (add -F or --log-file)")
     kind, value = args.shm
     try:
-        server = IvshmemServer(
-            args.socket_path,
-            shm_size=args.size,
-            vectors=args.vectors,
-            shm_name=value if kind == "name" else None,
-            shm_dir=value if kind == "dir" else None,
-            socket_mode=args.socket_mode,
-            allow_uids=args.allow_uid,
-            allow_gids=args.allow_gid,
-            max_peers=args.max_peers,
-            stall_timeout=args.stall_timeout,
+        server = make_server(
+            args,
+            {
+                "shm_size": args.size,
+                "shm_name": value if kind == "name" else None,
+                "shm_dir": value if kind == "dir" else None,
+                "socket_mode": args.socket_mode,
+                "allow_uids": args.allow_uid,
+                "allow_gids": args.allow_gid,
+                "stall_timeout": args.stall_timeout,
+            },
         )
     except ValueError as e:
         parser.error(str(e))
@@ -1181,7 +1225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if not args.foreground:
         try:
-            _daemonize(pid_fd)
+            _daemonize(prog, pid_fd)
         except OSError:
             server.stop()
             return 1
@@ -1198,6 +1242,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.foreground:
             _remove_pid_file(pid_file)
     return 0
+
+
+def _make_server(args: argparse.Namespace, common: dict[str, object]) -> IvshmemServer:
+    return IvshmemServer(
+        args.socket_path,
+        vectors=args.vectors,
+        max_peers=args.max_peers,
+        **common,  # type: ignore[arg-type]
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point, options as QEMU's ``ivshmem-server``; returns the exit status."""
+    prog = "ivshmem-server"
+    return run_cli(prog, _parser(prog), argv, _make_server)
 
 
 if __name__ == "__main__":

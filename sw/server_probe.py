@@ -18,9 +18,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from .protocol import PROTOCOL_VERSION, SHM_MESSAGE_ID, recv_message
+from .protocol import (
+    EVENT_FD2,
+    INIT2,
+    MSG2_EVENT_FD,
+    MSG2_INIT,
+    MSG2_PEER_GONE,
+    PEER_GONE2,
+    PROTOCOL_VERSION,
+    SHM_MESSAGE_ID,
+    recv_frame,
+    recv_message,
+)
 
-__all__ = ["CountingSwarm", "RawClient", "ServerProcess", "SwarmResult", "fd_count"]
+__all__ = [
+    "CountingSwarm",
+    "Frame",
+    "RawClient",
+    "RawClient2",
+    "ServerProcess",
+    "SwarmResult",
+    "fd_count",
+]
 
 
 def fd_count(pid: int | None = None) -> int:
@@ -121,6 +140,61 @@ class RawClient:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+#: A decoded revision 2 message: ``(type, fields, number of fds)``; fields are INIT's
+#: seven, EVENT_FD's ``(id, vector)`` or PEER_GONE's ``(id,)``.
+Frame = tuple[int, tuple[int, ...], int]
+
+_BODIES = {MSG2_INIT: INIT2, MSG2_EVENT_FD: EVENT_FD2, MSG2_PEER_GONE: PEER_GONE2}
+
+
+class RawClient2(RawClient):
+    """:class:`RawClient` for protocol revision 2: messages as decoded :data:`Frame` tuples."""
+
+    def recv2(self) -> tuple[int, tuple[int, ...], list[int]] | None:
+        """Next message as ``(type, fields, fds)``, or ``None`` at end of stream."""
+        message = recv_frame(self.sock)
+        if message is None:
+            return None
+        kind, body, fds = message
+        self.fds.extend(fds)
+        layout = _BODIES.get(kind)
+        if layout is None or len(body) < layout.size:
+            raise AssertionError(f"malformed message: type {kind}, {len(body)} body bytes")
+        return kind, layout.unpack_from(body), fds
+
+    def recv_n2(self, count: int) -> list[Frame]:
+        """The next ``count`` messages as :data:`Frame`; EOF is an error."""
+        out: list[Frame] = []
+        for _ in range(count):
+            message = self.recv2()
+            if message is None:
+                raise ConnectionError(f"server closed after {len(out)} of {count} messages")
+            out.append((message[0], message[1], len(message[2])))
+        return out
+
+    def init(self) -> tuple[tuple[int, ...], int]:
+        """Read INIT; returns its fields and the shm fd."""
+        message = self.recv2()
+        if message is None:
+            raise ConnectionError("server closed before INIT")
+        kind, fields, fds = message
+        if kind != MSG2_INIT or len(fds) != 1:
+            raise AssertionError(f"bad INIT: type {kind}, {len(fds)} fds")
+        return fields, fds[0]
+
+    def at_eof(self, timeout: float = 5.0) -> bool:
+        """Wait up to ``timeout`` for the server to close (remaining messages are read)."""
+        self.sock.settimeout(timeout)
+        try:
+            while self.recv2() is not None:
+                pass
+        except TimeoutError:
+            return False
+        except ConnectionResetError:
+            pass
+        return True
 
 
 @dataclass
@@ -297,6 +371,8 @@ class ServerProcess:
         Seconds to wait for it to listen.
     prefix:
         A command that runs the server (e.g. ``setpriv ...``).
+    module:
+        The server module to run (``ivhw.sw.server2`` for revision 2).
     """
 
     def __init__(
@@ -307,6 +383,7 @@ class ServerProcess:
         preexec_fn: object = None,
         timeout: float = 10.0,
         prefix: Sequence[str] = (),
+        module: str = "ivhw.sw.server",
     ) -> None:
         self.socket_path = os.fspath(socket_path)
         self.log_path = Path(log_path)
@@ -316,7 +393,7 @@ class ServerProcess:
                     *prefix,
                     sys.executable,
                     "-m",
-                    "ivhw.sw.server",
+                    module,
                     "-F",
                     "-S",
                     self.socket_path,

@@ -23,14 +23,15 @@ def shm_name() -> str:
 def start_server(tmp_path: Path) -> Iterator[StartServer]:
     """Start in-process servers in background threads; all are stopped at teardown.
 
-    Keyword arguments go to :class:`IvshmemServer`; ``socket_path`` defaults to
-    a fresh path in the test's tmp directory.
+    Keyword arguments go to :class:`IvshmemServer` (or ``server_class``, e.g. the
+    revision 2 server); ``socket_path`` defaults to a fresh path in the test's tmp
+    directory.
     """
     servers: list[IvshmemServer] = []
 
-    def start(**kwargs: object) -> IvshmemServer:
+    def start(server_class: type[IvshmemServer] = IvshmemServer, **kwargs: object) -> IvshmemServer:
         path = kwargs.pop("socket_path", tmp_path / f"s{len(servers)}.sock")
-        server = IvshmemServer(path, **kwargs)  # type: ignore[arg-type]
+        server = server_class(path, **kwargs)  # type: ignore[arg-type]
         servers.append(server)
         server.serve_in_background()
         return server
