@@ -291,7 +291,7 @@ def test_help_lists_the_rfc_options() -> None:
         (["-P", "0x10000"], "protocol must be 0..65535"),
         (["-P", "0x8000", "-n", "3"], "virtio protocols"),
         (["-l", "8K", "-o", "4K"], "needs at least 12288"),
-        (["-o", "lots"], "invalid size"),
+        (["-o", "lots"], "invalid output section size"),
         (["-v"], "daemon mode"),
     ],
 )
