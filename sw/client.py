@@ -35,8 +35,66 @@ help: this help"""
 
 #: How long the server may pause between own vectors during the handshake.
 _SETTLE = 0.1
+#: Longest command line taken; a longer one is skipped up to its end, with one error.
+MAX_LINE = 4096
+#: Longest piece of user input quoted back in an error.
+_ECHO = 40
 
-_SEPARATORS = str.maketrans({"\r": "\n", ";": "\n"})
+_SEPARATORS = bytes.maketrans(b"\r;", b"\n\n")
+
+
+def _clip(text: str) -> str:
+    """``text`` quoted for an error message, cut to a readable length."""
+    return repr(text if len(text) <= _ECHO else text[:_ECHO] + "...")
+
+
+class _LineReader:
+    """Splits input into command lines in linear time, each at most ``MAX_LINE`` bytes.
+
+    Newlines, ``\\r`` and ``;`` end a command. A longer line yields ``None``
+    once and the rest of it is dropped as it arrives: memory and work per byte
+    stay bounded, whatever the input.
+    """
+
+    def __init__(self, limit: int = MAX_LINE) -> None:
+        self.limit = limit
+        self._partial = bytearray()
+        self._skipping = False
+
+    def feed(self, data: bytes) -> list[str | None]:
+        """The lines ``data`` completes (``None`` for one that was too long)."""
+        data = data.translate(_SEPARATORS)
+        lines: list[str | None] = []
+        start = 0
+        while True:
+            end = data.find(b"\n", start)
+            piece = data[start:] if end < 0 else data[start:end]
+            if not self._skipping:
+                if len(self._partial) + len(piece) > self.limit:
+                    self._partial.clear()
+                    self._skipping = True
+                    lines.append(None)
+                else:
+                    self._partial += piece
+            if end < 0:
+                return lines
+            if not self._skipping:
+                lines.append(self._partial.decode(errors="replace"))
+            self._partial.clear()
+            self._skipping = False
+            start = end + 1
+
+    def finish(self) -> list[str | None]:
+        """At the end of input: the unterminated last line, if any."""
+        if self._skipping or not self._partial:
+            return []
+        line = self._partial.decode(errors="replace")
+        self._partial.clear()
+        return [line]
+
+
+class _CommandError(Exception):
+    """A command that cannot be run: the message is the one-line reason."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -113,23 +171,34 @@ class Client:
     def _ring(self, peer: int, vector: int) -> None:
         if self.verbose:
             self.say(f"notify peer {peer} on vector {vector}")
-        self.peer.ring(peer, vector)
+        try:
+            self.peer.ring(peer, vector)
+        except (KeyError, ValueError) as exc:
+            raise _CommandError(str(exc.args[0]) if exc.args else repr(exc)) from None
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _CommandError(f"cannot ring: {exc.strerror or exc}") from None
 
     def _ring_all(self, peer: int) -> None:
         for vector in range(len(self.peer.eventfds(peer))):
             self._ring(peer, vector)
 
-    def command(self, line: str) -> bool:
-        """Run one command line; False when the client should quit."""
+    def command(self, line: str | None) -> bool:
+        """Run one command line (``None``: one that was too long); False to quit.
+
+        A broken stdout (``BrokenPipeError``) is not a command error: it propagates.
+        """
+        if line is None:
+            self.error(f"command line too long (over {MAX_LINE} bytes), ignored")
+            return True
         words = line.split()
         if not words:
             return True
         try:
             return self._command(words)
-        except (KeyError, ValueError) as exc:
-            self.error(str(exc.args[0]) if exc.args else repr(exc))
-        except OSError as exc:
-            self.error(f"cannot ring: {exc.strerror or exc}")
+        except _CommandError as exc:
+            self.error(str(exc))
         return True
 
     def _command(self, words: list[str]) -> bool:
@@ -146,13 +215,13 @@ class Client:
         elif name == "int" and len(args) == 2:
             peer = _number(args[0], "peer")
             if peer != self.peer.id and peer not in self.peer.peers:
-                raise KeyError(f"cannot find peer_id = {peer}")
+                raise _CommandError(f"cannot find peer_id = {peer}")
             if args[1] == "all":
                 self._ring_all(peer)
             else:
                 self._ring(peer, _number(args[1], "vector"))
         else:
-            self.error(f"invalid command {' '.join(words)!r}, type help")
+            self.error(f"invalid command {_clip(' '.join(words))}, type help")
         return True
 
 
@@ -160,7 +229,7 @@ def _number(word: str, what: str) -> int:
     try:
         return int(word, 10)
     except ValueError:
-        raise ValueError(f"{what} must be a number or 'all', not {word!r}") from None
+        raise _CommandError(f"{what} must be a number or 'all', not {_clip(word)}") from None
 
 
 def _run(client: Client, interactive: bool) -> int:
@@ -172,7 +241,7 @@ def _run(client: Client, interactive: bool) -> int:
     except (OSError, ValueError):  # no stdin at all: the end of input is now
         client.show(peer.poll())
         return 0
-    pending = ""
+    reader = _LineReader()
     try:
         while True:
             if interactive:
@@ -196,10 +265,7 @@ def _run(client: Client, interactive: bool) -> int:
                     data = os.read(0, 4096)
                 except OSError:  # a terminal hung up: the end of input too
                     data = b""
-                pending += data.decode(errors="replace").translate(_SEPARATORS)
-                *lines, pending = pending.split("\n")
-                if not data:
-                    lines.append(pending)
+                lines = reader.feed(data) if data else reader.finish()
                 for line in lines:
                     if not client.command(line):
                         return 0
@@ -214,8 +280,24 @@ def _run(client: Client, interactive: bool) -> int:
         selector.close()
 
 
+def _open_missing_stdio() -> None:
+    """Put /dev/null on a closed fd 0, 1 or 2 (``<&-``), so no socket can take its number.
+
+    A closed stdin is then an empty input; a closed stdout or stderr swallows output.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``ivshmem-client``; returns the exit status."""
+    _open_missing_stdio()
     parser = _Parser(
         prog="ivshmem-client",
         add_help=False,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pty
 import select
+import shlex
 import subprocess
 import sys
 import time
@@ -201,3 +202,86 @@ def test_interactive_terminal(sock_path: str) -> None:
             for stream in (proc.stdout, proc.stderr):
                 if stream is not None:
                     stream.close()
+
+
+@pytest.mark.parametrize("redirect", ["<&-", ">&-", "2>&-"])
+def test_closed_stdio_is_not_a_crash(sock_path: str, redirect: str) -> None:
+    # `ivshmem-client <&-`: the fd is not open at all (not even /dev/null)
+    command = " ".join(shlex.quote(word) for word in [*CLIENT, "-S", sock_path])
+    with FakeServer(sock_path, lambda conn, index: conn.handshake(0, vectors=1)):
+        result = subprocess.run(
+            ["sh", "-c", f"exec {command} {redirect}"],
+            input=b"dump\n",
+            capture_output=True,
+            timeout=20,
+        )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == b""
+    if redirect != ">&-":
+        assert b"connected to" in result.stdout
+    if redirect == "2>&-":
+        assert b"our_id = 0" in result.stdout
+
+
+def test_broken_stdout_exits_quietly_at_once(sock_path: str) -> None:
+    # `ivshmem-client | head -c 10` with many commands still to come
+    commands = b"dump\n" * 40_000
+    with FakeServer(sock_path, lambda conn, index: conn.handshake(0, vectors=2, peers={1: 2})):
+        reader, writer = os.pipe()
+        proc = subprocess.Popen(
+            [*CLIENT, "-S", sock_path],
+            stdin=subprocess.PIPE,
+            stdout=writer,
+            stderr=subprocess.PIPE,
+        )
+        os.close(writer)
+        assert os.read(reader, 10)
+        os.close(reader)  # what `head -c 10` does after 10 bytes
+        try:
+            _out, err = proc.communicate(commands, timeout=20)
+        except BrokenPipeError:  # it left before taking all of its input: fine
+            err = proc.stderr.read() if proc.stderr else b""
+            proc.wait(timeout=20)
+    assert err == b""
+    assert proc.returncode == 0
+
+
+def test_long_lines_are_bounded(sock_path: str) -> None:
+    # an 8 MiB line without a newline, then a normal command: one short error each
+    junk = "x" * (8 << 20)
+    commands = f"{junk}\nint {junk}\ndump\n{junk}"
+    with FakeServer(sock_path, lambda conn, index: conn.handshake(0)):
+        result = run(["-S", sock_path], commands, timeout=60)
+    assert result.returncode == 0, result.stderr[:500]
+    errors = result.stderr.splitlines()
+    assert len(errors) == 3, [e[:100] for e in errors]
+    for line in errors:
+        assert line.startswith("error: command line too long"), line[:200]
+        assert len(line) < 200
+    assert "our_id = 0" in result.stdout
+
+
+def test_invalid_command_echo_is_bounded(sock_path: str) -> None:
+    word = "y" * 3000  # within the line limit, but too long to echo whole
+    with FakeServer(sock_path, lambda conn, index: conn.handshake(0)):
+        result = run(["-S", sock_path], f"{word}\nint 0 {word}\nint {word} 0\n")
+    assert result.returncode == 0
+    errors = result.stderr.splitlines()
+    assert len(errors) == 3
+    for line in errors:
+        assert len(line) < 200, line[:300]
+        assert "yyyy..." in line
+
+
+def test_line_reader_holds_at_most_one_line() -> None:
+    from ivhw.sw.client import MAX_LINE, _LineReader
+
+    reader = _LineReader()
+    chunk = b"z" * 65536
+    out: list[str | None] = []
+    for _ in range(256):  # 16 MiB without a newline
+        out += reader.feed(chunk)
+        assert len(reader._partial) <= MAX_LINE  # bounded memory, so linear work
+    out += reader.feed(b"tail\nint 1 0;dump\r\nhelp")
+    out += reader.finish()
+    assert out == [None, "int 1 0", "dump", "", "help"]
