@@ -1,10 +1,15 @@
-"""A peer of an ivshmem domain: the client side of the server protocol, revision 1.
+"""A peer of an ivshmem domain: the client side of the server protocol, revisions 1 and 2.
 
-A :class:`Peer` connects to an ``ivshmem-server`` (QEMU's or ``ivhw.sw.server``),
-maps the shared memory, keeps the eventfds of every other peer to ring them and
-listens on its own eventfds. Everything that happens afterwards (doorbells,
-peers joining and leaving) arrives as :data:`Event` objects from :meth:`Peer.poll`,
-:meth:`Peer.wait` or :meth:`Peer.wait_async`. :meth:`Peer.fileno` is one epoll fd
+A :class:`Peer` connects to an ``ivshmem-server`` (QEMU's or ``ivhw.sw.server``) or
+an ``ivshmem2-server`` (the RFC's or ``ivhw.sw.server2``), tells the two apart from
+the first 8 bytes, maps the shared memory, keeps the eventfds of every other peer
+to ring them and listens on its own eventfds. With revision 2 it also maps the
+State Table, the R/W section and the output sections separately, the read-only
+ones read-only, and plays the device's part for its state: :attr:`Peer.state`
+writes its State Table entry and rings vector 0 of every other peer on a change.
+Everything that happens afterwards (doorbells, peers joining and leaving) arrives
+as :data:`Event` objects from :meth:`Peer.poll`, :meth:`Peer.wait` or
+:meth:`Peer.wait_async`. :meth:`Peer.fileno` is one epoll fd
 that becomes readable whenever there is something to process, so a peer fits in
 any ``select``/``asyncio`` loop.
 
@@ -29,7 +34,26 @@ from functools import partial
 from types import TracebackType
 from typing import NoReturn, TypeAlias
 
-from .protocol import MAX_PEER_ID, MAX_VECTORS, PROTOCOL_VERSION, SHM_MESSAGE_ID, recv_message
+from .protocol import (
+    EVENT_FD2,
+    INIT2,
+    MAX_PEER_ID,
+    MAX_VECTORS,
+    MSG,
+    MSG2_EVENT_FD,
+    MSG2_HEADER,
+    MSG2_INIT,
+    MSG2_PEER_GONE,
+    PEER_GONE2,
+    PROTOCOL_VERSION,
+    PROTOCOL_VERSION2,
+    SHM_MESSAGE_ID,
+    recv_frame,
+    recv_message,
+    recv_prefix,
+    sniff_revision,
+)
+from .sections import MAX_PEERS_REGISTER, MIN_PEERS, STATE_ENTRY_SIZE, Layout
 
 __all__ = [
     "Doorbell",
@@ -147,7 +171,8 @@ class Peer:
     handshake ends when N own vectors arrived (more are closed, as QEMU does);
     with ``vectors=None`` it ends once the first own vector arrived and nothing
     more is pending at once, or within ``settle`` (own vectors arriving later are
-    still taken).
+    still taken). Revision 2's INIT says how many vectors there are, so the
+    handshake ends when they all arrived (``vectors=N`` fewer: the rest closed).
 
     Peers known at the end of the handshake are in :attr:`peers`; only later
     changes produce events.
@@ -164,6 +189,9 @@ class Peer:
     settle : float
         With ``vectors=None``: how long the server may pause inside its burst of
         own vectors before the handshake ends (0: only what is already there).
+    revision : int or None
+        1 or 2 to insist on a protocol revision, ``None`` to take what the server
+        speaks (told apart from its first 8 bytes).
 
     Attributes
     ----------
@@ -181,6 +209,20 @@ class Peer:
         The shared-memory fd the server sent (owned by the peer).
     peers : dict[int, int]
         Every other peer's ID and how many of its vectors are known.
+    revision : int
+        The protocol revision the server speaks, 1 or 2.
+    max_peers, protocol, output_section_size : int
+        Revision 2: what INIT said (the protocol as told to this peer).
+    layout : Layout or None
+        Revision 2: where the sections lie.
+    state_table : memoryview or None
+        Revision 2: the State Table, mapped read-only (a write raises ``TypeError``).
+    rw : memoryview or None
+        Revision 2: the R/W section, read-write.
+    output : memoryview or None
+        Revision 2: this peer's output section, read-write.
+    outputs : memoryview or None
+        Revision 2: all output sections, mapped read-only; :meth:`output_of` slices it.
 
     Raises
     ------
@@ -201,17 +243,33 @@ class Peer:
         vectors: int | None = None,
         timeout: float = 5.0,
         settle: float = 0.0,
+        revision: int | None = None,
     ) -> None:
         if vectors is not None and not 0 <= vectors <= MAX_VECTORS:
             raise ValueError(f"vectors must be 0..{MAX_VECTORS} or None, not {vectors!r}")
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, not {timeout!r}")
+        if revision not in (None, 1, 2):
+            raise ValueError(f"revision must be 1, 2 or None, not {revision!r}")
         self.socket_path = socket_path
         self.id = -1
         self.vectors = 0
         self.shm_size = 0
         self.shm_fd = -1
         self.peers: dict[int, int] = {}
+        self.revision = 0
+        self.max_peers = 0
+        self.protocol = 0
+        self.output_section_size = 0
+        self.layout: Layout | None = None
+        self.state_table: memoryview | None = None
+        self.rw: memoryview | None = None
+        self.output: memoryview | None = None
+        self.outputs: memoryview | None = None
+        self._maps: list[mmap.mmap] = []  # revision 2's section mappings
+        self._state = 0
+        self._server_vectors = 0  # revision 2: what INIT announced
+        self._requested_revision = revision
         self._wanted = vectors
         self._timeout = timeout
         self._settle = settle
@@ -265,7 +323,49 @@ class Peer:
         return message
 
     def _handshake(self, deadline: float) -> None:
-        value, fds = self._recv(deadline, "before sending the protocol version")
+        assert self._sock is not None
+        self._sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        try:
+            prefix = recv_prefix(self._sock)
+        except TimeoutError:
+            raise TimeoutError(
+                f"ivshmem handshake timed out after {self._timeout:g} s before sending the "
+                "protocol version; is this an ivshmem server?"
+            ) from None
+        except ConnectionError as exc:
+            raise ServerGone(f"{exc}; the server broke off, restart it") from None
+        if prefix is None:
+            raise ServerGone(
+                "ivshmem server closed the connection before sending the protocol version; "
+                "check the server's log (it may refuse more peers) and reconnect"
+            )
+        first, first_fds = prefix
+        try:
+            revision = sniff_revision(first)
+        except ValueError:
+            _close_all(first_fds)
+            kind, length = MSG2_HEADER.unpack(first)
+            raise ProtocolError(
+                f"ivshmem server speaks protocol version {MSG.unpack(first)[0]}, not "
+                f"{PROTOCOL_VERSION} (revision 1), and sends no revision 2 INIT either (type "
+                f"{kind}, len {length}); use an ivshmem-server or an ivshmem2-server"
+            ) from None
+        wanted = self._requested_revision
+        if wanted is not None and revision != wanted:
+            _close_all(first_fds)
+            raise ProtocolError(
+                f"ivshmem server speaks protocol revision {revision}, not {wanted}; "
+                f"connect to an {'ivshmem2-server' if wanted == 2 else 'ivshmem-server'}"
+            )
+        self.revision = revision
+        if revision == 2:
+            self._handshake2(deadline, first, first_fds)
+        else:
+            self._handshake1(deadline, first, first_fds)
+
+    def _handshake1(self, deadline: float, first: bytes, first_fds: list[int]) -> None:
+        assert self._sock is not None
+        value, fds = recv_message(self._sock, first, first_fds)  # type: ignore[misc]
         if fds:
             _close_all(fds)
             raise ProtocolError("ivshmem server sent an fd with the protocol version message")
@@ -311,12 +411,105 @@ class Peer:
             elif self.vectors and not self._readable_within(self._settle):
                 return
 
-    def _take_shm(self, fds: list[int]) -> None:
-        if len(fds) != 1:
+    def _recv2(self, deadline: float, stage: str) -> tuple[int, bytes, list[int]]:
+        """One revision 2 message before ``deadline``; ServerGone at end of stream."""
+        assert self._sock is not None
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"ivshmem handshake timed out {stage}")
+        self._sock.settimeout(remaining)
+        try:
+            message = recv_frame(self._sock)
+        except TimeoutError:
+            raise TimeoutError(
+                f"ivshmem handshake timed out after {self._timeout:g} s {stage}; "
+                "is the server stalled?"
+            ) from None
+        except ConnectionError as exc:
+            raise ServerGone(f"{exc} {stage}; the server broke off, restart it") from None
+        if message is None:
+            raise ServerGone(f"ivshmem server closed the connection {stage}; reconnect")
+        return message
+
+    def _handshake2(self, deadline: float, first: bytes, first_fds: list[int]) -> None:
+        assert self._sock is not None
+        try:
+            message = recv_frame(self._sock, first, first_fds)
+        except TimeoutError:
+            raise TimeoutError(
+                f"ivshmem handshake timed out after {self._timeout:g} s inside INIT"
+            ) from None
+        except ConnectionError as exc:
+            raise ServerGone(f"{exc}; the server broke off, restart it") from None
+        assert message is not None  # the first 8 bytes were there
+        kind, body, fds = message
+        if len(body) < INIT2.size:
             _close_all(fds)
             raise ProtocolError(
-                f"ivshmem server's shared-memory message carried {len(fds)} fds, not 1"
+                f"ivshmem server's INIT is {len(body) + 8} bytes, shorter than {INIT2.size + 8}"
             )
+        version, compatible, peer_id, max_peers, vectors, protocol, out = INIT2.unpack_from(body)
+        problem = None
+        if compatible != PROTOCOL_VERSION2:
+            problem = (
+                f"speaks protocol version {version} compatible with {compatible}, this "
+                f"client only {PROTOCOL_VERSION2}"
+            )
+        elif not MIN_PEERS <= max_peers <= MAX_PEERS_REGISTER:
+            problem = f"announced {max_peers} max peers, outside {MIN_PEERS}..{MAX_PEERS_REGISTER}"
+        elif not peer_id < max_peers:
+            problem = f"assigned peer ID {peer_id}, not below its {max_peers} max peers"
+        elif not 1 <= vectors <= MAX_VECTORS:
+            problem = f"announced {vectors} vectors, outside 1..{MAX_VECTORS}"
+        if problem is not None:
+            _close_all(fds)
+            raise ProtocolError(f"ivshmem server {problem}")
+        self.id = peer_id
+        self.max_peers = max_peers
+        self.protocol = protocol
+        self.output_section_size = out
+        self._server_vectors = vectors
+        self._take_shm(fds, "INIT")
+        try:
+            self.layout = Layout(self.shm_size, max_peers, out)
+        except ValueError as exc:
+            raise ProtocolError(f"ivshmem server's layout does not fit: {exc}") from None
+        self._map_sections()
+        while self._own_received < vectors:
+            stage = f"after {self._own_received} of {vectors} own vectors"
+            kind, body, fds = self._recv2(deadline, stage)
+            self._dispatch2(kind, body, fds, during_handshake=True)
+
+    def _map_sections(self) -> None:
+        """Map each revision 2 section with its own protection."""
+        layout = self.layout
+        assert layout is not None
+
+        def view(offset: int, size: int, writable: bool) -> memoryview:
+            if size == 0:
+                return memoryview(b"")
+            prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+            try:
+                mapping = mmap.mmap(self.shm_fd, size, mmap.MAP_SHARED, prot, offset=offset)
+            except OSError as exc:
+                raise ProtocolError(
+                    f"cannot map {size} bytes of the shared memory at {offset}: {exc.strerror}"
+                ) from None
+            self._maps.append(mapping)
+            return memoryview(mapping)
+
+        table = layout.state_table
+        self.state_table = view(table.offset, table.size, False)
+        self.rw = view(layout.rw.offset, layout.rw.size, True)
+        outputs = layout.outputs
+        self.outputs = view(outputs.offset, outputs.size, False)
+        own = layout.output(self.id)
+        self.output = view(own.offset, own.size, True)
+
+    def _take_shm(self, fds: list[int], message: str = "shared-memory message") -> None:
+        if len(fds) != 1:
+            _close_all(fds)
+            raise ProtocolError(f"ivshmem server's {message} carried {len(fds)} fds, not 1")
         self.shm_fd = fds[0]
         info = os.fstat(self.shm_fd)
         if not stat.S_ISREG(info.st_mode):
@@ -327,19 +520,18 @@ class Peer:
         size = info.st_size
         if size == 0:
             raise ProtocolError("ivshmem server's shared memory has size 0; give it a size (-l)")
-        if size & (size - 1):
+        if size & (size - 1) and self.revision == 1:
             raise ProtocolError(
                 f"ivshmem server's shared memory is {size} bytes, not a power of two "
                 "(QEMU aborts on it); resize it to a power of two"
             )
+        # revision 2 has no use for a writable view of everything: its sections are
+        # mapped one by one; this read-only view of the whole is for dumps
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if self.revision == 1 else 0)
         try:
-            self.shm = mmap.mmap(
-                self.shm_fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
-            )
+            self.shm = mmap.mmap(self.shm_fd, size, mmap.MAP_SHARED, prot)
         except OSError as exc:
-            raise ProtocolError(
-                f"cannot map the ivshmem shared memory read-write: {exc.strerror}"
-            ) from None
+            raise ProtocolError(f"cannot map the ivshmem shared memory: {exc.strerror}") from None
         self.shm_size = size
         self.memory = memoryview(self.shm)
 
@@ -375,6 +567,58 @@ class Peer:
             self._own_vector(fd)
         else:
             self._peer_vector(value, fd, during_handshake)
+
+    def _dispatch2(
+        self, kind: int, body: bytes, fds: list[int], *, during_handshake: bool = False
+    ) -> None:
+        """Apply one revision 2 message after INIT, queueing its events."""
+        if kind == MSG2_EVENT_FD:
+            if len(body) < EVENT_FD2.size or len(fds) != 1:
+                _close_all(fds)
+                raise ProtocolError(
+                    f"ivshmem server sent an EVENT_FD of {len(body) + 8} bytes with "
+                    f"{len(fds)} fds, not at least {EVENT_FD2.size + 8} bytes with 1 fd"
+                )
+            peer, vector = EVENT_FD2.unpack_from(body)
+            fd = fds[0]
+            known = self._own_received if peer == self.id else len(self._peer_fds.get(peer, ()))
+            problem = None
+            if peer >= self.max_peers:
+                problem = f"for peer {peer}, not below its {self.max_peers} max peers"
+            elif vector != known:
+                problem = f"for vector {vector} of peer {peer} where vector {known} was due"
+            elif vector >= self._server_vectors:
+                problem = f"for vector {vector}, beyond its {self._server_vectors} vectors"
+            elif not _is_eventfd(fd):
+                problem = f"carrying {_describe_fd(fd)}, not an eventfd"
+            if problem is not None:
+                os.close(fd)
+                raise ProtocolError(f"ivshmem server sent an EVENT_FD {problem}")
+            if peer == self.id:
+                self._own_vector(fd)
+            else:
+                self._peer_vector(peer, fd, during_handshake)
+            return
+        _close_all(fds)
+        if fds:
+            raise ProtocolError(f"ivshmem server sent {len(fds)} fds with a message of type {kind}")
+        if kind == MSG2_PEER_GONE:
+            if len(body) < PEER_GONE2.size:
+                raise ProtocolError(
+                    f"ivshmem server sent a PEER_GONE of {len(body) + 8} bytes, not "
+                    f"{PEER_GONE2.size + 8}"
+                )
+            (peer,) = PEER_GONE2.unpack_from(body)
+            if peer >= self.max_peers:
+                raise ProtocolError(
+                    f"ivshmem server sent PEER_GONE for peer {peer}, not below its "
+                    f"{self.max_peers} max peers"
+                )
+            self._peer_left(peer, during_handshake)
+            return
+        if kind == MSG2_INIT:
+            raise ProtocolError("ivshmem server sent a second INIT")
+        raise ProtocolError(f"ivshmem server sent a message of unknown type {kind}")
 
     def _own_vector(self, fd: int) -> None:
         self._own_received += 1
@@ -417,7 +661,7 @@ class Peer:
     def _server_message(self) -> None:
         assert self._sock is not None and self._epoll is not None
         try:
-            message = recv_message(self._sock)
+            message = recv_message(self._sock) if self.revision == 1 else recv_frame(self._sock)
         except TimeoutError:
             raise ProtocolError(
                 f"ivshmem server sent a partial message and stalled for {self._timeout:g} s"
@@ -428,7 +672,10 @@ class Peer:
         if message is None:
             self._lose_server()
             raise ServerGone("ivshmem server closed the connection; reconnect to continue")
-        self._dispatch(*message)
+        if self.revision == 1:
+            self._dispatch(*message)  # type: ignore[arg-type]
+        else:
+            self._dispatch2(*message)  # type: ignore[arg-type]
 
     def _lose_server(self) -> None:
         # own eventfds stay valid without the server: other peers may still ring
@@ -491,6 +738,51 @@ class Peer:
         raise ValueError(
             f"peer {peer} has no vector {vector}: it has {len(fds)} (0..{len(fds) - 1})"
         )
+
+    # -- revision 2 ----------------------------------------------------------------------------
+
+    def _check_rev2(self) -> Layout:
+        self._check_open()
+        if self.layout is None:
+            raise ValueError("sections and states exist in protocol revision 2 only")
+        return self.layout
+
+    @property
+    def state(self) -> int:
+        """This peer's state (revision 2): the last value set, 0 at first."""
+        self._check_rev2()
+        return self._state
+
+    @state.setter
+    def state(self, value: int) -> None:
+        """Set the state as a device's State register does: the State Table entry, and on a
+        change vector 0 of every other known peer."""
+        layout = self._check_rev2()
+        if not 0 <= value <= 0xFFFFFFFF:
+            raise ValueError(f"a state is a u32, not {value!r}")
+        os.pwrite(
+            self.shm_fd, value.to_bytes(STATE_ENTRY_SIZE, "little"), layout.state_offset(self.id)
+        )
+        if value != self._state:
+            self._state = value
+            for fds in self._peer_fds.values():
+                if fds:
+                    os.write(fds[0], _ONE)
+
+    def state_of(self, peer: int) -> int:
+        """``peer``'s entry in the State Table (revision 2)."""
+        layout = self._check_rev2()
+        assert self.state_table is not None
+        offset = layout.state_offset(peer)
+        return int.from_bytes(self.state_table[offset : offset + STATE_ENTRY_SIZE], "little")
+
+    def output_of(self, peer: int) -> memoryview:
+        """``peer``'s output section (revision 2), read-only; use :attr:`output` for your own."""
+        layout = self._check_rev2()
+        assert self.outputs is not None
+        section = layout.output(peer)
+        start = section.offset - layout.outputs.offset
+        return self.outputs[start : start + section.size]
 
     def poll(self, timeout: float | None = 0) -> list[Event]:
         """Process everything pending and return its events; wait up to ``timeout`` for one."""
@@ -586,6 +878,16 @@ class Peer:
     def close(self) -> None:
         """Close the connection, unmap the shared memory and close every fd held."""
         self._closed = True
+        for name in ("state_table", "rw", "output", "outputs"):
+            section = getattr(self, name, None)
+            if section is not None:
+                with contextlib.suppress(BufferError):
+                    section.release()
+                setattr(self, name, None)
+        for mapping in self._maps:
+            with contextlib.suppress(BufferError):
+                mapping.close()
+        self._maps.clear()
         if self.memory is not None:
             with contextlib.suppress(BufferError):
                 self.memory.release()

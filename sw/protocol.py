@@ -159,7 +159,7 @@ def recv_prefix(sock: socket.socket) -> tuple[bytes, list[int]] | None:
     :func:`recv_frame` (``first=``, ``first_fds=``), which complete that message.
     """
     fds: list[int] = []
-    data = _recv_exact(sock, MSG_SIZE, b"", fds, "the first message")
+    data = _recv_exact(sock, MSG_SIZE, b"", fds, "a message")
     return None if data is None else (data, fds)
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "MAX_PEERS_PROTOCOL",
+    "MAX_PEERS_REGISTER",
     "MIN_PEERS",
     "PAGE_SIZE",
     "STATE_ENTRY_SIZE",
