@@ -31,6 +31,7 @@ dump: dump peers (including us)
 int <peer> <vector>: notify one vector on a peer
 int <peer> all: notify all vectors of a peer
 int all: notify all vectors of all peers (excepting us)
+state <value>: set our state (revision 2: the State Table entry; others get vector 0)
 help: this help"""
 
 #: How long the server may pause between own vectors during the handshake.
@@ -165,6 +166,8 @@ class Client:
             self._dump_vectors(other)
 
     def _dump_vectors(self, peer: int) -> None:
+        if self.peer.revision == 2:
+            self.say(f"  state = {self.peer.state_of(peer):#x}")
         for vector, fd in enumerate(self.peer.eventfds(peer)):
             self.say(f"  vector {vector} is enabled (fd={fd})")
 
@@ -209,6 +212,16 @@ class Client:
             self.dump()
         elif name in ("quit", "exit") and not args:
             return False
+        elif name == "state" and len(args) == 1:
+            if self.peer.revision != 2:
+                raise _CommandError("states exist in protocol revision 2 only")
+            try:
+                value = int(args[0], 0)
+            except ValueError:
+                raise _CommandError(f"state must be a number, not {_clip(args[0])}") from None
+            if not 0 <= value <= 0xFFFFFFFF:
+                raise _CommandError(f"state must be 0..0xffffffff, not {_clip(args[0])}")
+            self.peer.state = value
         elif name == "int" and args == ["all"]:
             for other in sorted(self.peer.peers):
                 self._ring_all(other)
@@ -325,9 +338,15 @@ def main(argv: list[str] | None = None) -> int:
         with peer:
             if interactive:
                 client.say(HELP)
+            rev2 = ""
+            if peer.revision == 2:
+                rev2 = (
+                    f"; revision 2: {peer.max_peers} max peers, protocol {peer.protocol:#06x}, "
+                    f"output sections of {peer.output_section_size} bytes"
+                )
             client.say(
                 f"connected to {args.S} as peer {peer.id} "
-                f"({peer.vectors} vectors, {peer.shm_size} bytes of shared memory)"
+                f"({peer.vectors} vectors, {peer.shm_size} bytes of shared memory{rev2})"
             )
             if args.v:
                 client.dump()

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
-from typing import NoReturn, TypeAlias
+from typing import Any, NoReturn, TypeAlias
 
 from .protocol import (
     EVENT_FD2,
@@ -299,15 +299,22 @@ class Peer:
 
     # -- handshake ---------------------------------------------------------------------------
 
-    def _recv(self, deadline: float, stage: str) -> tuple[int, list[int]]:
-        """One server message before ``deadline``; ServerGone at end of stream."""
+    def _recv(
+        self, deadline: float, stage: str, receive: Callable[[socket.socket], Any] | None = None
+    ) -> Any:
+        """One server message before ``deadline`` (``receive``: the revision's reader).
+
+        ``ServerGone`` at end of stream, ``TimeoutError`` at the deadline.
+        """
         assert self._sock is not None
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError(f"ivshmem handshake timed out {stage}")
         self._sock.settimeout(remaining)
+        if receive is None:
+            receive = recv_message if self.revision == 1 else recv_frame
         try:
-            message = recv_message(self._sock)
+            message = receive(self._sock)
         except TimeoutError:
             raise TimeoutError(
                 f"ivshmem handshake timed out after {self._timeout:g} s {stage}; "
@@ -323,25 +330,10 @@ class Peer:
         return message
 
     def _handshake(self, deadline: float) -> None:
-        assert self._sock is not None
-        self._sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        first, first_fds = self._recv(deadline, "before sending the protocol version", recv_prefix)
         try:
-            prefix = recv_prefix(self._sock)
-        except TimeoutError:
-            raise TimeoutError(
-                f"ivshmem handshake timed out after {self._timeout:g} s before sending the "
-                "protocol version; is this an ivshmem server?"
-            ) from None
-        except ConnectionError as exc:
-            raise ServerGone(f"{exc}; the server broke off, restart it") from None
-        if prefix is None:
-            raise ServerGone(
-                "ivshmem server closed the connection before sending the protocol version; "
-                "check the server's log (it may refuse more peers) and reconnect"
-            )
-        first, first_fds = prefix
-        try:
-            revision = sniff_revision(first)
+            # told a revision, trust it: its own checks then say what is wrong precisely
+            revision = self._requested_revision or sniff_revision(first)
         except ValueError:
             _close_all(first_fds)
             kind, length = MSG2_HEADER.unpack(first)
@@ -350,13 +342,6 @@ class Peer:
                 f"{PROTOCOL_VERSION} (revision 1), and sends no revision 2 INIT either (type "
                 f"{kind}, len {length}); use an ivshmem-server or an ivshmem2-server"
             ) from None
-        wanted = self._requested_revision
-        if wanted is not None and revision != wanted:
-            _close_all(first_fds)
-            raise ProtocolError(
-                f"ivshmem server speaks protocol revision {revision}, not {wanted}; "
-                f"connect to an {'ivshmem2-server' if wanted == 2 else 'ivshmem-server'}"
-            )
         self.revision = revision
         if revision == 2:
             self._handshake2(deadline, first, first_fds)
@@ -364,12 +349,22 @@ class Peer:
             self._handshake1(deadline, first, first_fds)
 
     def _handshake1(self, deadline: float, first: bytes, first_fds: list[int]) -> None:
-        assert self._sock is not None
-        value, fds = recv_message(self._sock, first, first_fds)  # type: ignore[misc]
+        value, fds = self._recv(
+            deadline,
+            "inside the first message",
+            partial(recv_message, first=first, first_fds=first_fds),
+        )
         if fds:
             _close_all(fds)
-            raise ProtocolError("ivshmem server sent an fd with the protocol version message")
+            if value == PROTOCOL_VERSION:
+                raise ProtocolError("ivshmem server sent an fd with the protocol version message")
         if value != PROTOCOL_VERSION:
+            kind, length = MSG2_HEADER.unpack(first)
+            if kind == MSG2_INIT and length == MSG2_HEADER.size + INIT2.size:
+                raise ProtocolError(
+                    "ivshmem server speaks protocol revision 2 (its first message is an "
+                    "INIT), not 1; connect to an ivshmem-server or ask for revision 2"
+                )
             raise ProtocolError(
                 f"ivshmem server speaks protocol version {value}, this client only "
                 f"{PROTOCOL_VERSION}; use a revision 1 server"
@@ -411,38 +406,23 @@ class Peer:
             elif self.vectors and not self._readable_within(self._settle):
                 return
 
-    def _recv2(self, deadline: float, stage: str) -> tuple[int, bytes, list[int]]:
-        """One revision 2 message before ``deadline``; ServerGone at end of stream."""
-        assert self._sock is not None
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError(f"ivshmem handshake timed out {stage}")
-        self._sock.settimeout(remaining)
-        try:
-            message = recv_frame(self._sock)
-        except TimeoutError:
-            raise TimeoutError(
-                f"ivshmem handshake timed out after {self._timeout:g} s {stage}; "
-                "is the server stalled?"
-            ) from None
-        except ConnectionError as exc:
-            raise ServerGone(f"{exc} {stage}; the server broke off, restart it") from None
-        if message is None:
-            raise ServerGone(f"ivshmem server closed the connection {stage}; reconnect")
-        return message
-
     def _handshake2(self, deadline: float, first: bytes, first_fds: list[int]) -> None:
         assert self._sock is not None
-        try:
-            message = recv_frame(self._sock, first, first_fds)
-        except TimeoutError:
-            raise TimeoutError(
-                f"ivshmem handshake timed out after {self._timeout:g} s inside INIT"
-            ) from None
-        except ConnectionError as exc:
-            raise ServerGone(f"{exc}; the server broke off, restart it") from None
-        assert message is not None  # the first 8 bytes were there
-        kind, body, fds = message
+        if first == MSG.pack(PROTOCOL_VERSION):
+            _close_all(first_fds)
+            raise ProtocolError(
+                "ivshmem server speaks protocol revision 1 (its first message is version 0), "
+                "not 2; this is a revision 1 server: connect to an ivshmem2-server"
+            )
+        kind, body, fds = self._recv(
+            deadline, "inside INIT", partial(recv_frame, first=first, first_fds=first_fds)
+        )
+        if kind != MSG2_INIT:
+            _close_all(fds)
+            raise ProtocolError(
+                f"ivshmem server sent a message of type {kind} where INIT (type "
+                f"{MSG2_INIT}) belongs; connect to an ivshmem2-server"
+            )
         if len(body) < INIT2.size:
             _close_all(fds)
             raise ProtocolError(
@@ -477,7 +457,7 @@ class Peer:
         self._map_sections()
         while self._own_received < vectors:
             stage = f"after {self._own_received} of {vectors} own vectors"
-            kind, body, fds = self._recv2(deadline, stage)
+            kind, body, fds = self._recv(deadline, stage)
             self._dispatch2(kind, body, fds, during_handshake=True)
 
     def _map_sections(self) -> None:
@@ -600,6 +580,8 @@ class Peer:
                 self._peer_vector(peer, fd, during_handshake)
             return
         _close_all(fds)
+        if kind == MSG2_INIT:
+            raise ProtocolError("ivshmem server sent a second INIT")
         if fds:
             raise ProtocolError(f"ivshmem server sent {len(fds)} fds with a message of type {kind}")
         if kind == MSG2_PEER_GONE:
@@ -616,8 +598,6 @@ class Peer:
                 )
             self._peer_left(peer, during_handshake)
             return
-        if kind == MSG2_INIT:
-            raise ProtocolError("ivshmem server sent a second INIT")
         raise ProtocolError(f"ivshmem server sent a message of unknown type {kind}")
 
     def _own_vector(self, fd: int) -> None:

@@ -13,9 +13,19 @@ import socket
 import threading
 from collections.abc import Callable
 
-from ivhw.sw.protocol import MSG, send_message
+from ivhw.sw.protocol import (
+    EVENT_FD2,
+    INIT2,
+    MSG,
+    MSG2_EVENT_FD,
+    MSG2_HEADER,
+    MSG2_INIT,
+    MSG2_PEER_GONE,
+    PEER_GONE2,
+    send_message,
+)
 
-__all__ = ["FakeConn", "FakeServer", "open_fds"]
+__all__ = ["FakeConn", "FakeServer", "check_error_after_handshake", "open_fds"]
 
 
 def open_fds() -> set[int]:
@@ -43,6 +53,7 @@ class FakeConn:
         self._fds = fds
         self.own: list[int] = []
         self.peers: dict[int, list[int]] = {}
+        self.own_id = 0
 
     def send(self, value: int, fd: int | None = None) -> None:
         """Send one message, with ``fd`` attached when given."""
@@ -107,6 +118,49 @@ class FakeConn:
         for other, count in (peers or {}).items():
             self.add_peer(other, count)
         self.own_vectors(peer_id, vectors)
+
+    # -- protocol revision 2 -----------------------------------------------------------------
+
+    def frame(self, kind: int, body: bytes, fds: list[int] | None = None) -> None:
+        """One revision 2 message: the header (with the right ``len``) and ``body``."""
+        self.raw(MSG2_HEADER.pack(kind, MSG2_HEADER.size + len(body)) + body, fds)
+
+    def init2(
+        self,
+        peer_id: int = 0,
+        *,
+        max_peers: int = 4,
+        vectors: int = 1,
+        protocol: int = 0,
+        output_section_size: int = 4096,
+        shm_size: int = 1 << 16,
+        version: int = 2,
+    ) -> None:
+        """A correct INIT with a fresh shared memory."""
+        body = INIT2.pack(
+            version, version, peer_id, max_peers, vectors, protocol, output_section_size
+        )
+        self.frame(MSG2_INIT, body, [self.memfd(shm_size)])
+
+    def event_fd2(self, peer_id: int, vector: int) -> None:
+        """Announce vector ``vector`` of ``peer_id`` with a fresh eventfd."""
+        fd = self.eventfd()
+        self.frame(MSG2_EVENT_FD, EVENT_FD2.pack(peer_id, vector), [fd])
+        (self.own if peer_id == self.own_id else self.peers.setdefault(peer_id, [])).append(fd)
+
+    def gone2(self, peer_id: int) -> None:
+        """PEER_GONE for ``peer_id``."""
+        self.frame(MSG2_PEER_GONE, PEER_GONE2.pack(peer_id))
+
+    def handshake2(
+        self, peer_id: int = 0, *, vectors: int = 1, peers: tuple[int, ...] = (), **init: int
+    ) -> None:
+        """A complete, correct revision 2 handshake: INIT, existing peers, own vectors."""
+        self.own_id = peer_id
+        self.init2(peer_id, vectors=vectors, **init)
+        for other in (*peers, peer_id):
+            for vector in range(vectors):
+                self.event_fd2(other, vector)
 
     def ring_client(self, vector: int = 0, times: int = 1) -> None:
         """Ring the client's own vector as another peer would."""
@@ -198,6 +252,41 @@ class FakeServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def check_error_after_handshake(
+    path: str,
+    handshake: Callable[[FakeConn], None],
+    action: Callable[[FakeConn], object],
+    error: type[Exception],
+    message: str,
+) -> None:
+    """A protocol error after ``handshake``: raised by poll, nothing lost, the peer still
+    works, no fd leaked."""
+    import time
+
+    import pytest
+
+    from ivhw.sw.peer import Peer
+
+    before = open_fds()
+    with (
+        FakeServer(path, lambda conn, index: handshake(conn)) as server,
+        Peer(path, timeout=0.3) as peer,
+    ):
+        conn = server.conn()
+        conn.ring_client(0)
+        time.sleep(0.02)
+        action(conn)
+        with pytest.raises(error, match=message):
+            for _ in range(5):
+                peer.poll(1)
+        # what arrived before the error is not lost, and the peer keeps working
+        assert [type(e).__name__ for e in peer.poll()] == ["Doorbell"]
+        conn.ring_client(0)
+        assert peer.wait(timeout=2).vector == 0
+    assert not server.errors
+    assert open_fds() == before
 
 
 #: Keep ``MSG`` importable from here for raw-byte tests.

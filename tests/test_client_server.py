@@ -11,6 +11,7 @@ from test_client import read_until
 
 from ivhw.sw.peer import Doorbell, Peer, PeerJoined, PeerLeft
 from ivhw.sw.server import IvshmemServer
+from ivhw.sw.server2 import Ivshmem2Server
 
 CLIENT = [sys.executable, "-m", "ivhw.sw.client"]
 
@@ -70,3 +71,34 @@ def test_client_sees_a_real_peer_come_ring_and_go(server: IvshmemServer) -> None
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+def test_piped_commands_against_a_revision_2_server(start_server: StartServer) -> None:
+    server = start_server(Ivshmem2Server, shm_size=1 << 20, max_peers=4, vectors=2)
+    with Peer(server.socket_path) as peer:
+        result = subprocess.run(
+            [*CLIENT, "-S", server.socket_path],
+            input=f"state 0x2a\ndump\nint {peer.id} 1\nstate 7x\n",
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == "error: state must be a number, not '7x'\n"
+        lines = result.stdout.splitlines()
+        assert lines[0].endswith(
+            "(2 vectors, 1048576 bytes of shared memory; revision 2: 4 max peers, "
+            "protocol 0x0000, output sections of 0 bytes)"
+        )
+        client_id = int(lines[1].removeprefix("our_id = "))
+        assert lines[2] == "  state = 0x2a"
+        assert f"peer_id = {peer.id}" in lines
+        assert peer.wait(PeerJoined, timeout=5) == PeerJoined(client_id)
+        # the state change rings vector 0, the doorbell vector 1; then it leaves
+        rings = {0: 0, 1: 0}
+        while sum(rings.values()) < 2:
+            event = peer.wait(Doorbell, timeout=5)
+            rings[event.vector] += event.count
+        assert rings == {0: 1, 1: 1}
+        assert peer.wait(PeerLeft, timeout=5) == PeerLeft(client_id)
+        assert peer.state_of(client_id) == 0

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from fakeserver import PACK, FakeConn, FakeServer, open_fds
+from fakeserver import PACK, FakeConn, FakeServer, check_error_after_handshake, open_fds
 
 from ivhw.sw.peer import Peer, ProtocolError, ServerGone
 
@@ -176,25 +176,9 @@ AFTER_HANDSHAKE_ERRORS: dict[str, tuple[Callable[[FakeConn], None], type[Excepti
 @pytest.mark.parametrize("case", list(AFTER_HANDSHAKE_ERRORS))
 def test_error_after_handshake(case: str, tmp_path: Path) -> None:
     action, error, message = AFTER_HANDSHAKE_ERRORS[case]
-    path = str(tmp_path / "s")
-    before = open_fds()
-    with (
-        FakeServer(path, lambda conn, index: conn.handshake(0)) as server,
-        Peer(path, timeout=0.3) as peer,
-    ):
-        conn = server.conn()
-        conn.ring_client(0)
-        time.sleep(0.02)
-        action(conn)
-        with pytest.raises(error, match=message):
-            for _ in range(5):
-                peer.poll(1)
-        # what arrived before the error is not lost, and the peer keeps working
-        assert [type(e).__name__ for e in peer.poll()] == ["Doorbell"]
-        conn.ring_client(0)
-        assert peer.wait(timeout=2).vector == 0
-    assert not server.errors
-    assert open_fds() == before
+    check_error_after_handshake(
+        str(tmp_path / "s"), lambda conn: conn.handshake(0), action, error, message
+    )
 
 
 def test_unknown_peer_leaving_is_tolerated(tmp_path: Path) -> None:
