@@ -24,9 +24,11 @@ from ivhw.sw.peer import Doorbell, Peer
 
 __all__ = [
     "INBOX_BASE",
+    "LENGTH_OFFSET",
     "MAX_PAYLOAD",
     "MAX_PEERS",
     "OUTBOX_BASE",
+    "PAYLOAD_OFFSET",
     "SLOT_SIZE",
     "EchoResponder",
     "Reply",
@@ -43,7 +45,10 @@ _HEADER = struct.Struct("<II")  # target/source ID, length
 MAX_PAYLOAD = SLOT_SIZE - _HEADER.size
 #: Outboxes end where the inboxes begin.
 MAX_PEERS = (INBOX_BASE - OUTBOX_BASE) // SLOT_SIZE
-_LENGTH = 4  # offset of the length word in a slot
+#: Offsets in a slot: the length word, and the payload after the two header words.
+LENGTH_OFFSET = 4
+PAYLOAD_OFFSET = _HEADER.size
+_LENGTH = LENGTH_OFFSET
 
 
 def outbox(peer: int) -> int:

@@ -55,6 +55,7 @@ __all__ = [
     "QemuIvshmem",
     "QtestError",
     "QtestTimeout",
+    "doorbell_device_args",
     "find_qemu",
 ]
 
@@ -144,6 +145,17 @@ class Bar:
 def find_qemu() -> str | None:
     """Path of ``qemu-system-x86_64`` on ``PATH``, or ``None``."""
     return shutil.which("qemu-system-x86_64")
+
+
+def doorbell_device_args(
+    server_socket: str | os.PathLike[str], vectors: int, slot: int | None = None
+) -> list[str]:
+    """QEMU arguments of an unmodified ``ivshmem-doorbell`` on the server at ``server_socket``."""
+    addr = "" if slot is None else f",addr={slot:#x}.0"
+    return [
+        "-chardev", f"socket,path={os.fspath(server_socket)},id=ivs",
+        "-device", f"ivshmem-doorbell,chardev=ivs,vectors={vectors}{addr}",
+    ]  # fmt: skip
 
 
 class QemuIvshmem:
@@ -264,10 +276,8 @@ class QemuIvshmem:
         ]  # fmt: skip
         addr = f"addr={self.slot:#x}.0"
         if self.doorbell:
-            args += [
-                "-chardev", f"socket,path={self.server_socket},id=ivs",
-                "-device", f"ivshmem-doorbell,chardev=ivs,vectors={self.vectors},{addr}",
-            ]  # fmt: skip
+            assert self.server_socket is not None
+            args += doorbell_device_args(self.server_socket, self.vectors, self.slot)
         else:
             args += [
                 "-object",

@@ -1,7 +1,8 @@
 """An ivshmem domain for the QEMU tests: our server, real QEMU devices and host peers.
 
-:class:`Domain` owns everything it starts (server thread, QEMU processes, peers)
-and tears all of it down on exit, whatever failed, so no QEMU outlives a test.
+:class:`Domain` owns everything it starts (server thread, QEMU processes under
+qtest, booted Linux guests, peers) and tears all of it down on exit, whatever
+failed, so no QEMU outlives a test.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ import select
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
+from ivhw.guest.initramfs import Guest
+from ivhw.guest.vm import LinuxVm
 from ivhw.sw.peer import Peer
 from ivhw.sw.qtest import QemuIvshmem
 from ivhw.sw.server import IvshmemServer
@@ -47,6 +51,7 @@ class Domain:
         self.socket_path = self.dir / "ivs.sock"
         self.server = IvshmemServer(os.fspath(self.socket_path), shm_size=shm_size, vectors=vectors)
         self.vms: list[QemuIvshmem] = []
+        self.linux_vms: list[LinuxVm] = []
         self.peers: list[Peer] = []
 
     def __enter__(self) -> Domain:
@@ -79,6 +84,27 @@ class Domain:
             vm.setup()
         return vm
 
+    def linux(self, guest: Guest, guest_args: Sequence[str], **options: object) -> LinuxVm:
+        """Boot a Linux guest whose ``ivshmem-echo`` runs with ``guest_args``; joins at once."""
+        before = set(self.server.peer_ids)
+        vm = LinuxVm(
+            self.socket_path,
+            guest_args,
+            vectors=self.vectors,
+            guest=guest,
+            **options,  # type: ignore[arg-type]
+        )
+        self.linux_vms.append(vm)
+        vm.start()
+        # QEMU joins the server while it starts, long before the guest runs
+        deadline = time.monotonic() + self.timeout
+        while not set(self.server.peer_ids) - before:
+            if not vm.running or time.monotonic() > deadline:
+                raise TimeoutError(f"the Linux VM did not join the server:\n{vm.console()}")
+            time.sleep(0.005)
+        vm.peer_id = max(set(self.server.peer_ids) - before)
+        return vm
+
     def peer(self) -> Peer:
         """Connect a host peer (our peer library) to the domain."""
         peer = Peer(os.fspath(self.socket_path), vectors=self.vectors, timeout=self.timeout)
@@ -97,6 +123,8 @@ class Domain:
         """Kill every QEMU, close every peer, stop the server, remove the directory."""
         for vm in self.vms:
             vm.close()
+        for linux in self.linux_vms:
+            linux.close()
         for peer in self.peers:
             with contextlib.suppress(Exception):
                 peer.close()

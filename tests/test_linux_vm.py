@@ -1,0 +1,206 @@
+"""A real Linux guest in QEMU 7.2 as a peer: Debian's kernel, busybox, ``ivshmem-echo`` on VFIO.
+
+Each VM boots Debian's kernel with the project's initramfs (built once per
+session, cached in ``build/linux-guest``) and an unmodified ``ivshmem-doorbell``;
+inside, ``ivshmem-echo`` maps BAR0 and BAR2 through vfio-pci, rings from the
+guest CPU and takes the replies as MSI-X. Its console (serial) lines are what
+the tests check: every reply is verified by the guest itself and again here.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from qemu_domain import Domain
+from support import require_tool
+from test_cosim import SHM_SIZE, VECTORS, Target, check_echo, domain, sim, start_device
+
+from ivhw.cosim.process import CosimProcess
+from ivhw.guest.initramfs import Guest, build, kernel_versions
+from ivhw.guest.vm import LinuxVm
+from ivhw.sw import echo
+from ivhw.sw.peer import Peer, PeerJoined, PeerLeft
+
+__all__ = ["domain", "sim"]  # fixtures used here
+
+pytestmark = pytest.mark.qemu
+
+FLAT_SIMS = [
+    pytest.param(("icarus", "flat"), marks=pytest.mark.icarus, id="icarus-flat"),
+    pytest.param(("verilator", "flat"), marks=pytest.mark.verilator, id="verilator-flat"),
+]
+
+
+@pytest.fixture(scope="session")
+def guest() -> Guest:
+    """Debian's kernel and the initramfs, built once (and shared by the xdist workers)."""
+    require_tool("qemu-system-x86_64")
+    require_tool("gcc")
+    if not kernel_versions():
+        require_tool("vmlinuz (Debian's linux-image-amd64)")
+    return build()
+
+
+@pytest.fixture(params=FLAT_SIMS)
+def flat_sim(request: pytest.FixtureRequest) -> Iterator[Target]:
+    yield from _sim(request)
+
+
+def _sim(request: pytest.FixtureRequest) -> Iterator[Target]:
+    name, device = request.param
+    require_tool("iverilog" if name == "icarus" else "g++")
+    from ivhw.cosim.build import build as build_device
+
+    build_device(device, name, vectors=VECTORS, shm_size=SHM_SIZE)
+    yield Target(name, device)
+
+
+def hexes(*payloads: bytes) -> list[str]:
+    return [arg for p in payloads for arg in ("--payload", p.hex())]
+
+
+def wait_known(host: Peer, peer_id: int | None) -> int:
+    """Let ``host`` take the server's news until it knows ``peer_id``; returns it."""
+    assert peer_id is not None
+    if peer_id not in host.peers:
+        host.wait(lambda event: event == PeerJoined(peer_id), timeout=10)
+    return peer_id
+
+
+def check_replies(vm: LinuxVm, target: int, payloads: list[bytes]) -> None:
+    """The guest reported a verified reply from ``target`` for every payload, in order."""
+    replies = [r for r in vm.replies() if r.source == target]
+    assert [r.payload for r in replies] == [echo.invert(p) for p in payloads], vm.console()
+    assert all(r.ok and r.rtt > 0 for r in replies), vm.console()
+
+
+def serve_in_thread(responder: echo.EchoResponder, stop: threading.Event) -> threading.Thread:
+    def run() -> None:
+        while not stop.is_set():
+            responder.run(until=time.monotonic() + 0.1)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_linux_vm_and_simulated_device(
+    domain: Domain, tmp_path: Path, sim: Target, guest: Guest
+) -> None:
+    """The VM sends requests to the simulated flat / PCI device and answers the host's."""
+    device = start_device(domain, tmp_path, sim)
+    host = domain.peer()
+    target = min(domain.server.peer_ids)
+    payloads = [b"from a Linux guest", bytes(range(56)), b"!"]
+    vm = domain.linux(guest, [*hexes(*payloads), "--target", str(target), "--serve-count", "2"])
+    vm_id = wait_known(host, vm.peer_id)
+    assert vm.wait_serving() == vm_id
+    assert re.match(r"Linux version 6\.", vm.kernel_version)
+    for payload in (b"host to the VM", b"\x00" * 56):
+        check_echo(host, vm_id, payload)
+        check_echo(host, target, payload[::-1], device)  # the device serves the host too
+    assert vm.wait() == 0, vm.console()
+    check_replies(vm, target, payloads)
+    assert "ivshmem-echo: served 14 bytes from peer" in vm.console()
+    assert device.stop() == 0, device.output()
+    assert device.status()["stats"]["doorbells"] == 3 + 2
+
+
+def test_simulated_ping_into_linux(
+    domain: Domain, tmp_path: Path, flat_sim: Target, guest: Guest
+) -> None:
+    """The simulated hardware's ``ping`` guest measures round trips into the running VM."""
+    vm = domain.linux(guest, ["--serve-count", "5"])
+    vm.wait_serving()
+    pinger = CosimProcess(
+        domain.socket_path, tmp_path, name="ping", sim=flat_sim.sim, device=flat_sim.device,
+        vectors=VECTORS, shm_size=SHM_SIZE, guest="ping",
+        guest_args={"target": vm.peer_id, "count": 5, "size": 24},
+    ).start()  # fmt: skip
+    try:
+        assert pinger.wait(120) == 0, pinger.output()
+    finally:
+        pinger.stop()
+    assert re.search(r"ping: 5/5 replies, rtt us min \d+ median \d+", pinger.output())
+    assert vm.wait() == 0, vm.console()
+    assert vm.console().count("ivshmem-echo: served 24 bytes from peer") == 5
+
+
+def test_linux_vm_and_host_peer(domain: Domain, guest: Guest) -> None:
+    """Requests both ways between the VM and a host process with the peer library."""
+    host = domain.peer()
+    stop = threading.Event()
+    thread = serve_in_thread(echo.EchoResponder(host), stop)
+    payloads = [b"\x01", b"guest to host", bytes(range(200, 256))]
+    try:
+        args = [*hexes(*payloads), "--target", str(host.id), "--serve-count", "1"]
+        vm = domain.linux(guest, args)
+        vm.wait_line(r"peer \d+: 3 of 3 replies verified")
+    finally:
+        stop.set()
+        thread.join(5)
+    # the host's own requests need its doorbells, which the responder thread no longer takes
+    check_echo(host, vm.peer_id, b"and back")
+    assert vm.wait() == 0, vm.console()
+    check_replies(vm, host.id, payloads)
+    assert vm.ivposition == vm.peer_id
+
+
+def test_two_linux_vms(domain: Domain, guest: Guest) -> None:
+    """Two booted guests through one server: one serves, the other sends."""
+    server = domain.linux(guest, ["--serve-count", "4"])
+    client = domain.linux(guest, ["--target", str(server.peer_id), "--count", "4", "--size", "33"])
+    assert client.wait() == 0, client.console()
+    assert server.wait() == 0, server.console()
+    replies = client.replies()
+    assert len(replies) == 4 and all(r.ok and r.source == server.peer_id for r in replies)
+    assert server.console().count(f"served 33 bytes from peer {client.peer_id}") == 4
+
+
+@pytest.mark.parametrize("flat_sim", FLAT_SIMS, indirect=True)
+def test_linux_vm_powers_off_mid_run(
+    domain: Domain, tmp_path: Path, flat_sim: Target, guest: Guest
+) -> None:
+    """A VM that powers off while the simulated ``ping`` still sends: the rest carries on."""
+    host = domain.peer()
+    vm = domain.linux(guest, ["--serve-count", "3"])
+    vm.wait_serving()
+    pinger = CosimProcess(
+        domain.socket_path, tmp_path, name="ping", sim=flat_sim.sim, device=flat_sim.device,
+        vectors=VECTORS, shm_size=SHM_SIZE, guest="ping",
+        guest_args={"target": vm.peer_id, "count": 5, "size": 8, "timeout": 2},
+    ).start()  # fmt: skip
+    try:
+        assert pinger.wait(120) != 0, pinger.output()  # two requests got no reply
+    finally:
+        pinger.stop()
+    output = pinger.output()
+    assert "ping: 3/5 replies" in output, output
+    assert "2 of 5 echo requests got no reply" in output, output
+    assert vm.wait() == 0, vm.console()
+    assert "reboot: Power down" in vm.console()
+    assert host.wait(lambda e: e == PeerLeft(vm.peer_id), timeout=10)
+    assert vm.peer_id not in domain.server.peer_ids
+
+
+@pytest.mark.parametrize("flat_sim", FLAT_SIMS, indirect=True)
+def test_server_dies_while_linux_waits(
+    domain: Domain, tmp_path: Path, flat_sim: Target, guest: Guest
+) -> None:
+    """The server dies while the guest waits: its echo peer leaves, the guest says so, exits."""
+    device = start_device(domain, tmp_path, flat_sim)
+    target = min(domain.server.peer_ids)
+    vm = domain.linux(guest, ["--target", str(target), "--count", "1000", "--timeout", "3"])
+    vm.wait_line(r"reply 1 <- peer")
+    domain.server.stop()
+    assert device.wait(30) == 3, device.output()  # the bridge leaves with the server
+    assert vm.wait() == 1, vm.console()  # and the guest, waiting for a reply, notices
+    console = vm.console()
+    assert re.search(rf"error: no reply from peer {target} within 3 s", console), console
+    assert "reboot: Power down" in console
+    assert all(r.ok for r in vm.replies())
