@@ -72,26 +72,28 @@ struct options {
 	long serve_count;     /* < 0: no limit */
 };
 
+static void vsay(const char *prefix, const char *fmt, va_list ap)
+{
+	fputs(prefix, stdout);
+	vprintf(fmt, ap);
+	fputc('\n', stdout);
+	fflush(stdout);
+}
+
 static void say(const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
-	fputs(PROG ": ", stdout);
-	vprintf(fmt, ap);
-	fputc('\n', stdout);
+	vsay(PROG ": ", fmt, ap);
 	va_end(ap);
-	fflush(stdout);
 }
 
 static void die(const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
-	fputs(PROG ": error: ", stdout);
-	vprintf(fmt, ap);
-	fputc('\n', stdout);
+	vsay(PROG ": error: ", fmt, ap);
 	va_end(ap);
-	fflush(stdout);
 	exit(1);
 }
 
