@@ -222,18 +222,46 @@ class SwarmResult:
     errors: list[str]
 
 
+def _flatten2(
+    frame: tuple[int, bytes, list[int]], client: _Counted, vectors: int
+) -> tuple[int, list[int]]:
+    """A revision 2 message as the revision 1 ``(value, fds)`` the swarm counts.
+
+    INIT becomes ``-1`` (and sets the client's ID), EVENT_FD the announced peer's
+    ID (-2 if the vector is out of order), anything else -3.
+    """
+    kind, body, fds = frame
+    layout = _BODIES.get(kind)
+    if layout is None or len(body) < layout.size:
+        return -3, fds
+    fields = layout.unpack_from(body)
+    if kind == MSG2_INIT:
+        client.id = fields[2]
+        return -1, fds
+    if kind == MSG2_EVENT_FD:
+        peer, vector = fields
+        in_run = client.runs and client.runs[-1] == peer and client.run_len < vectors
+        due = client.run_len if in_run else 0
+        return (peer if vector == due else -2), fds
+    return -3, fds
+
+
 class CountingSwarm:
     """N raw clients that join one after another and verify every message they get.
 
-    Each client closes each received fd at once and checks its stream against
-    SPEC.md §1: version, own ID, shm, then for every peer in join order (its
-    own ID included) exactly ``vectors`` messages with one fd each.
+    Each client closes each received fd at once and checks its stream: revision 1
+    (``revision=1``) version, own ID, shm; revision 2 one INIT with the shm; then
+    for every peer in join order (its own ID included) exactly ``vectors``
+    messages with one fd each (revision 2: EVENT_FD, vectors in order).
     """
 
-    def __init__(self, path: str | os.PathLike[str], peers: int, vectors: int) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], peers: int, vectors: int, revision: int = 1
+    ) -> None:
         self.path = os.fspath(path)
         self.peers = peers
         self.vectors = vectors
+        self.revision = revision
         self._clients: list[_Counted] = []
 
     def run(self, timeout: float = 120.0, idle: float | None = None) -> SwarmResult:
@@ -302,9 +330,14 @@ class CountingSwarm:
         """
         want = self.peers
         vectors = self.vectors
+        rev2 = self.revision == 2
         while True:
             try:
-                message = recv_message(client.sock)
+                if rev2:
+                    frame = recv_frame(client.sock)
+                    message = None if frame is None else _flatten2(frame, client, vectors)
+                else:
+                    message = recv_message(client.sock)
             except BlockingIOError:
                 return False
             except OSError as e:
@@ -317,7 +350,10 @@ class CountingSwarm:
             for fd in fds:
                 os.close(fd)
             client.messages += 1
-            if client.state == 0:
+            if rev2 and client.state == 0:
+                ok = value == -1 and len(fds) == 1  # INIT, its ID already taken
+                client.state = 2
+            elif client.state == 0:
                 ok = value == PROTOCOL_VERSION and not fds
             elif client.state == 1:
                 ok = not fds
@@ -346,6 +382,11 @@ class CountingSwarm:
                 vectors == 0 or (len(client.runs) == want and client.run_len == vectors)
             ):
                 return True
+
+    def expected(self) -> int:
+        """Messages every client together must receive."""
+        handshake = 3 if self.revision == 1 else 1
+        return self.peers * (handshake + self.peers * self.vectors)
 
     def close(self) -> None:
         """Disconnect every client."""
