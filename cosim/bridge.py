@@ -38,8 +38,6 @@ outcome and the bridge's latency statistics go to the JSON file named by
 from __future__ import annotations
 
 import collections
-import importlib
-import json
 import os
 import select
 import signal
@@ -47,7 +45,6 @@ import struct
 import time
 import traceback
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import cocotb
@@ -55,12 +52,25 @@ from cocotb.clock import Clock
 from cocotb.triggers import Event as SimEvent
 from cocotb.triggers import RisingEdge
 
-from ..sw.peer import Doorbell, Peer, PeerJoined, PeerLeft, ServerGone
+from ..sw.peer import Doorbell, Peer, ServerGone
 from ..sw.regmap import DOORBELL, FLAT_REGS, MAX_VECTORS, PCI_REV1_REGS
-from .guest import BusError, Guest, GuestFunction
+from .guest_api import BusError, Guest, GuestFunction
 from .pci import MSI_DATA_BASE, TransactionError, TransactionPort, enumerate_endpoint
+from .session import (
+    STATUS_FAILED,
+    STATUS_OK,
+    BridgeConfig,
+    Stop,
+    announce,
+    announce_membership,
+    announce_pci,
+    join,
+    load_guest,
+    server_gone,
+    write_status,
+)
 
-__all__ = ["AxiLiteBus", "Bridge", "BridgeConfig", "load_guest"]
+__all__ = ["AxiLiteBus", "Bridge"]
 
 #: Seconds one blocking wait lasts before the bridge re-checks its stop conditions.
 _BLOCK_SLICE = 0.2
@@ -73,70 +83,6 @@ _QUIET_CYCLES = 4
 _UNSIGNALLED_GRACE = 64
 #: Latency samples kept for the statistics.
 _MAX_SAMPLES = 100_000
-
-STATUS_OK = 0
-STATUS_FAILED = 1
-STATUS_SERVER_GONE = 3
-STATUS_JOIN_FAILED = 4
-
-
-@dataclass
-class BridgeConfig:
-    """What the CLI passes through the environment (``IVHW_COSIM_*``)."""
-
-    socket: str
-    device: str = "flat"
-    vectors: int = 1
-    shm_size: int = 4 << 20
-    guest: str = "echo"
-    guest_args: dict[str, str] = field(default_factory=dict)
-    status_file: str | None = None
-    poll_cycles: int = 8
-    seconds: float | None = None
-    msi_stall: int = 0  # test hook: cycles the msi sink holds ready low per message (PCI)
-
-    @classmethod
-    def from_env(cls) -> BridgeConfig:
-        """Read the configuration the CLI left in the environment."""
-        env = os.environ
-        seconds = env.get("IVHW_COSIM_SECONDS")
-        return cls(
-            socket=env["IVHW_COSIM_SOCKET"],
-            device=env.get("IVHW_COSIM_DEVICE", "flat"),
-            vectors=int(env.get("IVHW_COSIM_VECTORS", "1")),
-            shm_size=int(env.get("IVHW_COSIM_SHM_SIZE", str(4 << 20))),
-            guest=env.get("IVHW_COSIM_GUEST", "echo"),
-            guest_args=json.loads(env.get("IVHW_COSIM_GUEST_ARGS", "{}")),
-            status_file=env.get("IVHW_COSIM_STATUS"),
-            poll_cycles=max(1, int(env.get("IVHW_COSIM_POLL_CYCLES", "8"))),
-            seconds=float(seconds) if seconds else None,
-            msi_stall=max(0, int(env.get("IVHW_COSIM_MSI_STALL") or "0")),
-        )
-
-
-def load_guest(name: str) -> GuestFunction | None:
-    """The guest ``name``: a built-in (``echo``, ``ping``), ``none``, or ``module:function``."""
-    if name == "none":
-        return None
-    if ":" not in name:
-        from . import guests
-
-        function = guests.BUILTINS.get(name)
-        if function is None:
-            raise ValueError(
-                f"no built-in guest {name!r}; choose from {', '.join(guests.BUILTINS)}, "
-                "none, or give module:function"
-            )
-        return function
-    module_name, _, attr = name.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ValueError(f"cannot import guest module {module_name!r}: {error}") from None
-    function = getattr(module, attr, None)
-    if not callable(function):
-        raise ValueError(f"guest module {module_name!r} has no function {attr!r}")
-    return function  # type: ignore[no-any-return]
 
 
 class AxiLiteBus:
@@ -263,15 +209,6 @@ class _ServedBus:
         await self._served(self._inner.cfg_write(offset, value, be))
 
 
-class _Stop(Exception):
-    """The bridge ends its run; ``status`` and ``message`` say how."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 class Bridge:
     """The transport of one simulated device, connected to an ivshmem server.
 
@@ -351,25 +288,6 @@ class Bridge:
 
     # -- run ---------------------------------------------------------------------------------
 
-    def _join(self) -> Peer:
-        config = self.config
-        try:
-            peer = Peer(config.socket, vectors=config.vectors, timeout=10.0)
-        except (OSError, TimeoutError) as error:
-            raise _Stop(
-                STATUS_JOIN_FAILED,
-                f"cannot join the ivshmem server at {config.socket}: {error}",
-            ) from None
-        if peer.shm_size != config.shm_size:
-            size = peer.shm_size
-            peer.close()
-            raise _Stop(
-                STATUS_JOIN_FAILED,
-                f"the server's shared memory is {size} bytes but the device was built for "
-                f"{config.shm_size}; rerun with --shm-size {size}",
-            )
-        return peer
-
     def _request_stop(self, _signum: int, _frame: object) -> None:
         self._stop_requested = True
 
@@ -381,8 +299,8 @@ class Bridge:
         except ValueError as error:
             return STATUS_FAILED, str(error)
         try:
-            self.peer = self._join()
-        except _Stop as stop:
+            self.peer = join(self.config)
+        except Stop as stop:
             return stop.status, stop.message
         peer = self.peer
         self._open_waiter()
@@ -403,12 +321,7 @@ class Bridge:
             await self._edge
         dut.rst.value = 0
         await self._edge
-        print(
-            f"[bridge] peer {peer.id} with {peer.vectors} vectors, "
-            f"{peer.shm_size // 1024} KiB shared memory; peers: "
-            f"{sorted(peer.peers) or 'none'}; guest {self.config.guest}",
-            flush=True,
-        )
+        announce(peer, self.config.guest)
         finished = SimEvent()
         outcomes: list[tuple[int, str] | None] = []
 
@@ -426,12 +339,7 @@ class Bridge:
                 peer.close()
                 return STATUS_FAILED, f"PCI enumeration failed: {error}"
             regs, regs_base, shm_base = PCI_REV1_REGS, layout.bar0, layout.bar2
-            print(
-                f"[bridge] PCI endpoint enumerated: BAR0 {layout.bar0:#x}, BAR1 "
-                f"{layout.bar1:#x}, BAR2 {layout.bar2:#x} ({layout.shm_size // 1024} KiB), "
-                f"MSI-X {layout.vectors} vectors enabled",
-                flush=True,
-            )
+            announce_pci(layout)
         guest_task = None
         if guest_function is not None:
             guest = Guest(
@@ -463,7 +371,7 @@ class Bridge:
         try:
             await guest.start()
             await function(guest)
-        except _Stop as stop:
+        except Stop as stop:
             return stop.status, stop.message
         except Exception as error:
             traceback.print_exc()
@@ -494,9 +402,8 @@ class Bridge:
                     self._wake_time = time.perf_counter()
                     self._wake_cycle = self.cycles
                     self._irq_mark = (self._wake_time, self.cycles)
-            elif isinstance(event, PeerJoined | PeerLeft):
-                what = "joined" if isinstance(event, PeerJoined) else "left"
-                print(f"[bridge] peer {event.peer} {what}", flush=True)
+            else:
+                announce_membership(event)
 
     def _open_waiter(self) -> None:
         """One epoll over the own eventfds, the peer's fd and the CLI's stop FIFO (if any).
@@ -550,7 +457,7 @@ class Bridge:
             elif fd == self._stop_fd:
                 self._stop_requested = True
         if self._stop_requested:
-            raise _Stop(STATUS_OK, "stopped by a signal")
+            raise Stop(STATUS_OK, "stopped by a signal")
         if doorbells:
             # the peer's epoll also saw these fds: its turn comes at the next wait
             self._take(doorbells)
@@ -560,10 +467,7 @@ class Bridge:
         try:
             events = self.peer.poll(0)
         except ServerGone:
-            raise _Stop(
-                STATUS_SERVER_GONE,
-                "the ivshmem server closed the connection; the simulated device leaves",
-            ) from None
+            raise server_gone() from None
         self._take(events)  # type: ignore[arg-type]
 
     def _sample(self, key: str, value: object) -> None:
@@ -575,7 +479,7 @@ class Bridge:
         try:
             self._bind()
             await self._transport_loop()
-        except _Stop as stop:
+        except Stop as stop:
             return stop.status, stop.message
         return None
 
@@ -720,7 +624,7 @@ class Bridge:
             active = True
         self._quiet = 0 if active else self._quiet + 1
         if self._stop_requested:
-            raise _Stop(STATUS_OK, "stopped by a signal")
+            raise Stop(STATUS_OK, "stopped by a signal")
         # while the guest waits for an interrupt, its cycles are idle draining: look at the
         # fds every cycle (a syscall costs far less than a simulated cycle); while it runs,
         # every poll_cycles cycles
@@ -731,7 +635,7 @@ class Bridge:
     def _check_deadlines(self) -> None:
         now = time.monotonic()
         if self._limit is not None and now >= self._limit:
-            raise _Stop(STATUS_OK, f"ran for {self.config.seconds:g} s")
+            raise Stop(STATUS_OK, f"ran for {self.config.seconds:g} s")
         deadline = self._wait_deadline
         if deadline is not None and now >= deadline:
             self._irq_event.set()  # the guest's wait timed out
@@ -769,7 +673,7 @@ class Bridge:
                 self._poll(max(timeout, 0.0))
                 stats["blocked_seconds"] += time.perf_counter() - began
                 if self._stop_requested:
-                    raise _Stop(STATUS_OK, "stopped by a signal")
+                    raise Stop(STATUS_OK, "stopped by a signal")
                 if not self._events:
                     continue  # nothing arrived: no simulated time needs to pass
             await self._edge
@@ -777,18 +681,8 @@ class Bridge:
                 self._service()
 
 
-def _write_status(path: str | None, status: int, message: str, bridge: Bridge | None) -> None:
-    if not path:
-        return
-    record: dict[str, Any] = {"status": status, "message": message}
-    if bridge is not None:
-        record["stats"] = bridge.stats
-        record["cycles"] = bridge.cycles
-        record["peer_id"] = bridge.peer.id if bridge.peer is not None else -1
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(record, f)
-    os.replace(tmp, path)
+def _write_status(path: str | None, status: int, message: str, bridge: Bridge) -> None:
+    write_status(path, status, message, stats=bridge.stats, cycles=bridge.cycles, peer=bridge.peer)
 
 
 @cocotb.test()

@@ -1,15 +1,18 @@
 """``ivshmem-cosim``: run a simulated ivshmem device as a peer of a real ivshmem domain.
 
     ivshmem-cosim --socket PATH --device {flat,pci} --sim {icarus,verilator}
-                  [--vectors N] [--shm-size SIZE] [--guest NAME|module:function]
-                  [--guest-arg KEY=VALUE ...] [--waves FILE] [--seconds S]
+                  [--engine {native,cocotb}] [--vectors N] [--shm-size SIZE]
+                  [--guest NAME|module:function] [--guest-arg KEY=VALUE ...]
+                  [--waves FILE] [--seconds S]
 
 The device is converted to Verilog and compiled once per parameter set (cached
-under ``build/cosim``, see :mod:`ivhw.cosim.build`), then run under cocotb with
-:mod:`ivhw.cosim.bridge` as its test: it joins the server at ``--socket`` and
-stays a peer until the guest returns, SIGTERM/SIGINT, ``--seconds``, or the
-server goes away (one-line message, exit status 3). Bad arguments: one line,
-status 2.
+under ``build/cosim``, see :mod:`ivhw.cosim.build`), then run by one of two
+engines in a child process: ``native`` (Verilator's model with the clock and the
+transport in C++, :mod:`ivhw.cosim.native`; the default on Verilator) or
+``cocotb`` (cocotb with :mod:`ivhw.cosim.bridge` as its test; Icarus always uses
+it). Either joins the server at ``--socket`` and stays a peer until the guest
+returns, SIGTERM/SIGINT, ``--seconds``, or the server goes away (one-line
+message, exit status 3). Bad arguments: one line, status 2.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -63,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--socket", required=True, help="the ivshmem server's UNIX socket")
     parser.add_argument("--device", choices=sorted(builds.DEVICES), default="flat")
     parser.add_argument("--sim", choices=builds.SIMULATORS, default="verilator")
+    parser.add_argument(
+        "--engine", choices=builds.ENGINES,
+        help="native (clock and transport in C++, Verilator only; the default there) or "
+        "cocotb (Python per cycle; the default on Icarus)",
+    )  # fmt: skip
     parser.add_argument("--vectors", type=_vectors, default=1, help="own vectors (default 1)")
     parser.add_argument(
         "--shm-size", type=_SHM_SIZE, default=4 << 20,
@@ -106,12 +115,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog}: error: no ivshmem server socket at {args.socket}", file=sys.stderr)
         return 2
     try:
-        from .bridge import load_guest
+        from .session import load_guest
 
         load_guest(args.guest)
     except ValueError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
+    engine = args.engine or builds.default_engine(args.sim)
     try:
         built = builds.build(
             args.device,
@@ -120,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shm_size=args.shm_size,
             waves=args.waves is not None,
             root=args.build_dir,
+            engine=engine,
         )
     except (TypeError, ValueError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
@@ -164,37 +175,58 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["IVHW_COSIM_STOP_FIFO"] = fifo
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, _forward)
-        runner = builds.runner_for(args.sim)
-        try:
-            runner.test(  # type: ignore[attr-defined]
-                test_module="ivhw.cosim.bridge",
-                hdl_toplevel=built.toplevel,
-                hdl_toplevel_lang="verilog",
-                build_dir=built.build_dir,
-                test_dir=tmp,
-                results_xml=os.path.join(tmp, "results.xml"),
-                waves=waves is not None,
-                test_args=test_args,
-                plusargs=plusargs,
-            )
-        except (RuntimeError, SystemExit):
-            pass  # the status file (or its absence) tells what happened
-        try:
-            with open(status_path) as f:
-                record = json.load(f)
-        except (OSError, ValueError):
-            print(f"{prog}: error: the simulator exited without a status (crashed?)",
-                  file=sys.stderr)  # fmt: skip
-            return 1
-        status = int(record.get("status", 1))
-        message = record.get("message", "")
-        if status:
-            print(f"{prog}: error: {message}", file=sys.stderr)
+        if engine == "native":
+            os.environ["IVHW_COSIM_LIBRARY"] = str(built.library)
+            os.environ["IVHW_COSIM_WAVES"] = "" if waves is None else str(waves)
+            # the simulator is this child: no Python in it runs per cycle
+            subprocess.run([sys.executable, "-m", "ivhw.cosim.native"], stdin=subprocess.DEVNULL)
         else:
-            print(f"[bridge] {message}", flush=True)
-            if waves is not None:
-                print(f"[bridge] waveform written to {waves}", flush=True)
-        return status
+            _run_cocotb(args, built, tmp, waves, test_args, plusargs)
+        return _outcome(prog, status_path, waves)
+
+
+def _run_cocotb(
+    args: argparse.Namespace,
+    built: builds.Build,
+    tmp: str,
+    waves: Path | None,
+    test_args: list[str],
+    plusargs: list[str],
+) -> None:
+    runner = builds.runner_for(args.sim)
+    try:
+        runner.test(  # type: ignore[attr-defined]
+            test_module="ivhw.cosim.bridge",
+            hdl_toplevel=built.toplevel,
+            hdl_toplevel_lang="verilog",
+            build_dir=built.build_dir,
+            test_dir=tmp,
+            results_xml=os.path.join(tmp, "results.xml"),
+            waves=waves is not None,
+            test_args=test_args,
+            plusargs=plusargs,
+        )
+    except (RuntimeError, SystemExit):
+        pass  # the status file (or its absence) tells what happened
+
+
+def _outcome(prog: str, status_path: str, waves: Path | None) -> int:
+    try:
+        with open(status_path) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        print(f"{prog}: error: the simulator exited without a status (crashed?)",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    status = int(record.get("status", 1))
+    message = record.get("message", "")
+    if status:
+        print(f"{prog}: error: {message}", file=sys.stderr)
+    else:
+        print(f"[bridge] {message}", flush=True)
+        if waves is not None:
+            print(f"[bridge] waveform written to {waves}", flush=True)
+    return status
 
 
 if __name__ == "__main__":

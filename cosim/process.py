@@ -27,8 +27,8 @@ class CosimProcess:
         Where the log (``<name>.log``) and the status file (``<name>.json``) go.
     name : str
         Prefix of those files.
-    sim, device, vectors, shm_size, guest, guest_args, waves, seconds, poll_cycles
-        ``ivshmem-cosim`` options.
+    sim, engine, device, vectors, shm_size, guest, guest_args, waves, seconds, poll_cycles
+        ``ivshmem-cosim`` options (``engine=None``: the simulator's default).
 
     Attributes
     ----------
@@ -43,6 +43,7 @@ class CosimProcess:
         *,
         name: str = "cosim",
         sim: str = "verilator",
+        engine: str | None = None,
         device: str = "flat",
         vectors: int = 1,
         shm_size: int = 4 << 20,
@@ -66,6 +67,8 @@ class CosimProcess:
             "--guest", guest,
             "--status", os.fspath(self.status_path),
         ]  # fmt: skip
+        if engine is not None:
+            self.args += ["--engine", engine]
         for key, value in (guest_args or {}).items():
             self.args += ["--guest-arg", f"{key}={value}"]
         if waves is not None:

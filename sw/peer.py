@@ -690,6 +690,14 @@ class Peer:
         """An epoll fd, readable whenever a server message or an own doorbell is pending."""
         return self._check_open().fileno()
 
+    def server_fileno(self) -> int:
+        """The server socket: readable when a server message is pending (peers joining or
+        leaving, the server closing). For callers that watch the own eventfds themselves
+        and call :meth:`poll` only for server messages."""
+        self._check_open()
+        assert self._sock is not None
+        return self._sock.fileno()
+
     def eventfds(self, peer: int) -> tuple[int, ...]:
         """The eventfds of ``peer`` (own ones for ``self.id``), by vector."""
         if peer == self.id:

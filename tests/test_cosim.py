@@ -1,9 +1,10 @@
-"""The co-simulation bridge: a simulated ivshmem-flat device as a real peer of a domain.
+"""The co-simulation bridge: a simulated ivshmem device as a real peer of a domain.
 
 Each test runs ``ivshmem-cosim`` (a child process with the simulator) against
-our server, on Icarus and on Verilator. The builds are made once per session
-(and cached across sessions) by ``ivhw.cosim.build``, under a lock shared by
-the pytest-xdist workers.
+our server, for each device on Icarus (cocotb engine) and on Verilator with both
+engines (native and cocotb), so every behaviour is checked on both engines. The
+builds are made once per session (and cached across sessions) by
+``ivhw.cosim.build``, under a lock shared by the pytest-xdist workers.
 """
 
 from __future__ import annotations
@@ -29,27 +30,33 @@ VECTORS = 2
 SHM_SIZE = 1 << 20
 JOIN_TIMEOUT = 60.0
 SIMS = [
-    pytest.param(("icarus", "flat"), marks=pytest.mark.icarus, id="icarus-flat"),
-    pytest.param(("verilator", "flat"), marks=pytest.mark.verilator, id="verilator-flat"),
-    pytest.param(("icarus", "pci"), marks=pytest.mark.icarus, id="icarus-pci"),
-    pytest.param(("verilator", "pci"), marks=pytest.mark.verilator, id="verilator-pci"),
+    pytest.param(
+        (sim, engine, device), marks=getattr(pytest.mark, sim), id=f"{sim}-{engine}-{device}"
+    )
+    for device in ("flat", "pci")
+    for sim, engine in (("icarus", "cocotb"), ("verilator", "native"), ("verilator", "cocotb"))
 ]
 
 
 @dataclass(frozen=True)
 class Target:
-    """A simulator and a device kind to run the bridge with."""
+    """A simulator, an engine and a device kind to run the bridge with."""
 
-    sim: Target
+    sim: str
+    engine: str
     device: str
+
+    def options(self) -> dict[str, object]:
+        """The :class:`CosimProcess` options that select this target."""
+        return {"sim": self.sim, "engine": self.engine, "device": self.device}
 
 
 @pytest.fixture(params=SIMS)
 def sim(request: pytest.FixtureRequest) -> Target:
-    name, device = request.param
+    name, engine, device = request.param
     require_tool("iverilog" if name == "icarus" else "g++")
-    build(device, name, vectors=VECTORS, shm_size=SHM_SIZE)
-    return Target(name, device)
+    build(device, name, vectors=VECTORS, shm_size=SHM_SIZE, engine=engine)
+    return Target(name, engine, device)
 
 
 @pytest.fixture
@@ -67,8 +74,7 @@ def start_device(
         domain.socket_path,
         tmp_path,
         name=name,
-        sim=sim.sim,
-        device=sim.device,
+        **sim.options(),  # type: ignore[arg-type]
         vectors=VECTORS,
         shm_size=SHM_SIZE,
         **options,  # type: ignore[arg-type]
@@ -182,7 +188,7 @@ def test_two_simulated_devices_echo_and_ping(domain: Domain, tmp_path: Path, sim
     echo_id = domain.server.peer_ids[-1]
     # not start_device: the pinger may be done and gone before the server is looked at
     pinger = CosimProcess(
-        domain.socket_path, tmp_path, name="ping", sim=sim.sim, device=sim.device,
+        domain.socket_path, tmp_path, name="ping", **sim.options(),  # type: ignore[arg-type]
         vectors=VECTORS, shm_size=SHM_SIZE, guest="ping",
         guest_args={"target": echo_id, "count": 5, "size": 24},
     ).start()  # fmt: skip
@@ -200,6 +206,9 @@ def test_bad_arguments_one_line(tmp_path: Path) -> None:
     from ivhw.cosim.cli import main
 
     assert main(["--socket", str(tmp_path / "nothing.sock")]) == 2
+    (tmp_path / "fake.sock").touch()
+    native_on_icarus = ["--sim", "icarus", "--engine", "native"]
+    assert main(["--socket", str(tmp_path / "fake.sock"), *native_on_icarus]) == 2
     with pytest.raises(SystemExit) as exit_info:
         main(["--socket", "x", "--vectors", "99"])
     assert exit_info.value.code == 2

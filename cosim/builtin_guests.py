@@ -19,7 +19,7 @@ import statistics
 import struct
 
 from ..sw.echo import MAX_PAYLOAD, MAX_PEERS, SLOT_SIZE, inbox, invert, outbox
-from .guest import Guest, GuestFunction
+from .guest_api import Guest, GuestFunction
 
 __all__ = ["BUILTINS", "echo", "ping", "serve_pending"]
 
