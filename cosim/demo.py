@@ -1,13 +1,18 @@
-"""Co-simulation demo: simulated hardware answers a QEMU VM and a host process.
+"""Co-simulation demo: simulated hardware answers a booted Linux VM and a host process.
 
 ``python -m ivhw.cosim.demo`` starts an ``ivshmem-server``, the simulated
 ivshmem-flat device running the ``echo`` guest under Verilator (``ivshmem-cosim``),
-a QEMU 7.2 ``ivshmem-doorbell`` VM peer driven through qtest, and a host peer.
-The QEMU peer writes its requests into BAR2 shared memory, rings the device
-through its Doorbell register and sees the reply doorbell as an MSI-X message;
-the host peer uses the peer library. Both print the replies with round-trip
-times. Everything started is shut down again; ``--waves FILE`` records the
-device's waveform.
+a host peer, and a QEMU 7.2 VM with an unmodified ``ivshmem-doorbell`` that boots
+Debian's Linux kernel (``--vm linux``, the default). In the guest, ``ivshmem-echo``
+maps BAR0 and BAR2 through vfio-pci, writes its requests into shared memory,
+rings the device from the guest CPU and takes the reply doorbells as MSI-X; it
+prints every reply it verified on the serial console. It also answers echo
+requests itself, so a second simulated device running the ``ping`` guest, and the
+host peer, measure round trips into the running operating system.
+
+``--vm qtest`` instead drives the ``ivshmem-doorbell`` from outside through qtest
+(the CPU never runs). Everything started is shut down again; ``--waves FILE``
+records the echo device's waveform.
 """
 
 from __future__ import annotations
@@ -115,6 +120,81 @@ def _check(reply_payload: bytes, payload: bytes) -> str:
     return "ok" if reply_payload == echo.invert(payload) else "WRONG"
 
 
+#: How many requests the simulated ``ping`` guest sends into the Linux VM.
+_PINGS = 5
+
+
+def _relay_ping(stream: Any, verbose: bool) -> None:
+    for raw in stream:
+        line = raw.decode(errors="replace").rstrip().replace("[   sim]", "[  ping]", 1)
+        if verbose or line.startswith(("[", "ivshmem-cosim")):
+            _print(line)
+
+
+def _start_linux(sock: Path, target: int) -> Any:
+    """Boot the Linux VM: it sends ``_MESSAGES`` to ``target`` and then serves requests."""
+    from ..guest.initramfs import build
+    from ..guest.vm import LinuxVm
+
+    try:
+        guest = build()
+    except FileNotFoundError as error:
+        raise RuntimeError(f"{error}; or run the demo with --vm qtest") from None
+    _say("demo", f"booting Linux {guest.version} in QEMU 7.2 (TCG) with ivshmem-doorbell")
+
+    def show(line: str) -> None:
+        if line.startswith(("ivhw-guest:", "ivshmem-echo:")) or "Power down" in line:
+            _say("linux", line.removeprefix("ivshmem-echo: "))
+
+    args = [a for m in _MESSAGES for a in ("--payload", m.hex())]
+    # it serves the simulated ping and one request of the host, then powers off
+    args += ["--target", str(target), "--serve-count", str(_PINGS + 1)]
+    return LinuxVm(sock, args, vectors=_VECTORS, guest=guest, on_line=show).start()
+
+
+def _linux_round(
+    sock: Path, tmp: Path, args: argparse.Namespace, vm: Any, host: Peer, target: int
+) -> int:
+    """The Linux VM's part of the demo once it booted; returns the number of failures."""
+    vm_id = vm.wait_serving(120)
+    while vm_id not in host.peers:
+        host.wait(PeerJoined, timeout=10)
+    _say("demo", f"starting a second simulated device: the ping guest, into the VM (peer {vm_id})")
+    pinger = CosimProcess(
+        sock, tmp, name="ping", sim=args.sim, device="flat", vectors=_VECTORS,
+        shm_size=_SHM_SIZE, guest="ping", guest_args={"target": vm_id, "count": _PINGS},
+        stdout=subprocess.PIPE,
+    ).start()  # fmt: skip
+    assert pinger.process is not None
+    threading.Thread(
+        target=_relay_ping, args=(pinger.process.stdout, args.verbose), daemon=True
+    ).start()
+    failures = 0
+    try:
+        if pinger.wait(180):
+            failures += 1
+    finally:
+        pinger.stop()
+    payload = b"host to the Linux guest"
+    _say("host", f"-> peer {vm_id} (Linux): {payload[:24]!r}")
+    reply = echo.request(host, vm_id, payload, timeout=20)
+    ok = _check(reply.payload, payload)
+    failures += ok != "ok"
+    _say(
+        "host",
+        f"<- peer {reply.source}: {reply.payload[:12].hex()}... "
+        f"(every byte XOR 0xFF: {ok}) in {reply.rtt * 1e3:.2f} ms",
+    )
+    status = vm.wait(60)
+    replies = vm.replies()
+    verified = sum(r.ok and r.source == target for r in replies)
+    if status or verified != len(_MESSAGES):
+        failures += 1
+    _say("demo", f"the Linux guest verified {verified} of {len(_MESSAGES)} replies "
+         f"and powered off (ivshmem-echo status {status})")  # fmt: skip
+    return failures
+
+
 def _run(tmp: Path, args: argparse.Namespace) -> int:
     from ..sw.qtest import QemuIvshmem, find_qemu
 
@@ -128,6 +208,7 @@ def _run(tmp: Path, args: argparse.Namespace) -> int:
     threading.Thread(target=_relay, args=("server", server.stderr), daemon=True).start()
     device: CosimProcess | None = None
     vm: QemuIvshmem | None = None
+    linux: Any = None
     host: Peer | None = None
     status = 1
     try:
@@ -160,6 +241,8 @@ def _run(tmp: Path, args: argparse.Namespace) -> int:
         qemu = find_qemu()
         if qemu is None:
             _say("demo", "qemu-system-x86_64 not found: skipping the QEMU peer")
+        elif args.vm == "linux":
+            linux = _start_linux(sock, target)
         else:
             vm = QemuIvshmem(server_socket=sock, vectors=_VECTORS, timeout=20, workdir=None)
             vm.start()
@@ -191,11 +274,16 @@ def _run(tmp: Path, args: argparse.Namespace) -> int:
                     f"<- peer {reply.source}: {reply.payload[:12].hex()}... "
                     f"(every byte XOR 0xFF: {ok}) in {reply.rtt * 1e3:.2f} ms",
                 )
+        if linux is not None:
+            failures += _linux_round(sock, tmp, args, linux, host, target)
         status = 1 if failures else 0
     finally:
         if vm is not None:
             vm.close()
             _say("demo", "QEMU stopped")
+        if linux is not None:
+            linux.close()
+            _say("demo", "QEMU (Linux) stopped")
         if host is not None:
             host.close()
         if device is not None:
@@ -227,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--device", choices=("flat", "pci"), default="flat",
         help="the simulated device: ivshmem-flat (AXI4-Lite) or the PCI endpoint",
+    )  # fmt: skip
+    parser.add_argument(
+        "--vm", choices=("linux", "qtest"), default="linux",
+        help="the QEMU peer: a booted Linux guest (default) or a device driven through qtest",
     )  # fmt: skip
     parser.add_argument("--waves", metavar="FILE", help="write the device's waveform to FILE")
     parser.add_argument("-v", "--verbose", action="store_true", help="show the simulator's log")
