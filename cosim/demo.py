@@ -120,6 +120,19 @@ def _check(reply_payload: bytes, payload: bytes) -> str:
     return "ok" if reply_payload == echo.invert(payload) else "WRONG"
 
 
+def _host_request(host: Peer, target: int, payload: bytes) -> int:
+    """One echo request of the host peer, shown; 1 if the reply was wrong."""
+    _say("host", f"-> peer {target}: {payload[:24]!r}")
+    reply = echo.request(host, target, payload, timeout=20)
+    ok = _check(reply.payload, payload)
+    _say(
+        "host",
+        f"<- peer {reply.source}: {reply.payload[:12].hex()}... "
+        f"(every byte XOR 0xFF: {ok}) in {reply.rtt * 1e3:.2f} ms",
+    )
+    return int(ok != "ok")
+
+
 #: How many requests the simulated ``ping`` guest sends into the Linux VM.
 _PINGS = 5
 
@@ -175,16 +188,7 @@ def _linux_round(
             failures += 1
     finally:
         pinger.stop()
-    payload = b"host to the Linux guest"
-    _say("host", f"-> peer {vm_id} (Linux): {payload[:24]!r}")
-    reply = echo.request(host, vm_id, payload, timeout=20)
-    ok = _check(reply.payload, payload)
-    failures += ok != "ok"
-    _say(
-        "host",
-        f"<- peer {reply.source}: {reply.payload[:12].hex()}... "
-        f"(every byte XOR 0xFF: {ok}) in {reply.rtt * 1e3:.2f} ms",
-    )
+    failures += _host_request(host, vm_id, b"host to the Linux guest")
     status = vm.wait(60)
     replies = vm.replies()
     verified = sum(r.ok and r.source == target for r in replies)
@@ -264,16 +268,7 @@ def _run(tmp: Path, args: argparse.Namespace) -> int:
                     f"(every byte XOR 0xFF: {ok}) in {qreply.rtt * 1e3:.2f} ms",
                 )
             if n < len(_HOST_MESSAGES):
-                payload = _HOST_MESSAGES[n]
-                _say("host", f"-> peer {target}: {payload[:24]!r}")
-                reply = echo.request(host, target, payload, timeout=20)
-                ok = _check(reply.payload, payload)
-                failures += ok != "ok"
-                _say(
-                    "host",
-                    f"<- peer {reply.source}: {reply.payload[:12].hex()}... "
-                    f"(every byte XOR 0xFF: {ok}) in {reply.rtt * 1e3:.2f} ms",
-                )
+                failures += _host_request(host, target, _HOST_MESSAGES[n])
         if linux is not None:
             failures += _linux_round(sock, tmp, args, linux, host, target)
         status = 1 if failures else 0
