@@ -33,6 +33,11 @@ TEST_PORTS = ((3, 8), (10, 4), (0x1234, 64), (0, 1))
 #: Small, so that ports collide on the same words often.
 TEST_SHM_SIZE = 256
 TEST_EVENT_DEPTH = 2
+#: The tiles' domain: (id, vectors) per tile, its memory, the tiles' buses in port order
+#: (Wishbone, AXI4-Lite, Wishbone).
+TILE_PORTS = ((1, 4), (2, 2), (7, 1))
+TILE_SHM_SIZE = 1024
+TILE_BUSES = ("a", "b", "c")
 #: IDs no port has.
 ABSENT = (1, 2, 0xFFFF, 0x1235)
 
