@@ -735,4 +735,75 @@ uint64_t ivhw_bench_accesses(void* handle, const uint64_t* ops, uint64_t nops, u
     return bad;
 }
 
+// The limit for bench.cosim_simspeed: the same Verilated device and the same accesses
+// as ivhw_bench_accesses, with a transport that only answers (memory in a local array,
+// doorbells taken and dropped, every peer known with one vector; no eventfd, no epoll,
+// no statistics): what Verilator alone costs per cycle. Returns the cycles it ran.
+uint64_t ivhw_bare_accesses(void* handle, const uint64_t* ops, uint64_t nops, uint64_t count) {
+#if defined(IVHW_BUS_AXIL)
+    Engine* e = static_cast<Engine*>(handle);
+    Vtop* t = e->top;
+    std::vector<uint32_t> memory(1u << 16);
+    bool r_pending = false, acked = false;
+    bool awready = false, bvalid = false, arready = false, rvalid = false;
+    uint64_t cycles = 0;
+    auto cycle = [&]() {
+        t->clk = 0;
+        t->eval();
+        bool mem_valid = t->PORT(mem, valid), mem_we = t->PORT(mem, we);
+        uint32_t addr = uint32_t(t->PORT(mem, addr)) & 0xFFFF, wdata = t->PORT(mem, w_data);
+        bool pq_req = t->PORT(peers, req);
+        awready = t->PORT(axil, awready);
+        bvalid = t->PORT(axil, bvalid);
+        arready = t->PORT(axil, arready);
+        rvalid = t->PORT(axil, rvalid);
+        t->clk = 1;
+        t->eval();
+        cycles++;
+        if (r_pending) t->PORT(mem, r_valid) = 0, r_pending = false;
+        if (mem_valid) {
+            if (mem_we)
+                memory[addr] = wdata;
+            else
+                t->PORT(mem, r_data) = memory[addr], t->PORT(mem, r_valid) = 1, r_pending = true;
+        }
+        if (acked)
+            t->PORT(peers, ack) = 0, acked = false;
+        else if (pq_req)
+            t->PORT(peers, vectors) = 1, t->PORT(peers, ack) = 1, acked = true;
+    };
+    for (uint64_t i = 0; i < count; i++) {
+        const uint64_t* op = ops + 3 * (i % nops);
+        if (op[0]) {
+            t->PORT(axil, awaddr) = op[1];
+            t->PORT(axil, wdata) = uint32_t(op[2]);
+            t->PORT(axil, wstrb) = 0xF;
+            t->PORT(axil, awvalid) = 1;
+            t->PORT(axil, wvalid) = 1;
+            do cycle();
+            while (!awready);
+            t->PORT(axil, awvalid) = 0;
+            t->PORT(axil, wvalid) = 0;
+            do cycle();
+            while (!bvalid);
+        } else {
+            t->PORT(axil, araddr) = op[1];
+            t->PORT(axil, arvalid) = 1;
+            do cycle();
+            while (!arready);
+            t->PORT(axil, arvalid) = 0;
+            do cycle();
+            while (!rvalid);
+        }
+    }
+    return cycles;
+#else
+    (void)handle;
+    (void)ops;
+    (void)nops;
+    (void)count;
+    return 0;
+#endif
+}
+
 }  // extern "C"

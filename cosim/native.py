@@ -108,6 +108,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "ivhw_wait_irq": (u64, [p, d]),
         "ivhw_run": (None, [p, d]),
         "ivhw_bench_accesses": (u64, [p, pu64, u64, u64]),
+        "ivhw_bare_accesses": (u64, [p, pu64, u64, u64]),
     }
     for name, (restype, argtypes) in signatures.items():
         function = getattr(lib, name)
@@ -174,6 +175,14 @@ class Engine:
         if error:
             raise OSError(-error, os.strerror(-error))
 
+    def attach(self, peer: Peer, *, stop_fd: int = -1, **options: Any) -> None:
+        """:meth:`configure` and :meth:`watch` for ``peer`` (joined), with its current peers."""
+        assert peer.memory is not None
+        self.configure(peer.memory, peer.id, **options)
+        self.watch(peer.eventfds(peer.id), peer.server_fileno(), stop_fd)
+        for other in peer.peers:
+            self.set_peer(other, peer.eventfds(other))
+
     def catch_signals(self) -> None:
         """SIGTERM and SIGINT stop the engine at its next poll (``F_STOP``)."""
         self._lib.ivhw_catch_signals()
@@ -221,6 +230,11 @@ class Engine:
         """``count`` bus accesses back to back, cycling through ``ops`` (kind, addr, value)."""
         flat = (ctypes.c_uint64 * (3 * len(ops)))(*[x for op in ops for x in op])
         return int(self._lib.ivhw_bench_accesses(self._handle, flat, len(ops), count))
+
+    def bare_accesses(self, ops: list[tuple[int, int, int]], count: int) -> int:
+        """The same accesses with a transport that only answers; the cycles they took."""
+        flat = (ctypes.c_uint64 * (3 * len(ops)))(*[x for op in ops for x in op])
+        return int(self._lib.ivhw_bare_accesses(self._handle, flat, len(ops), count))
 
     @property
     def cycles(self) -> int:
@@ -328,6 +342,11 @@ class NativeBridge:
 
     # -- the guest's host side (ivhw.cosim.guest_api._Host) ------------------------------------
 
+    def bare_accesses(self, ops: list[tuple[int, int, int]], count: int) -> int:
+        """The same accesses with a transport that only answers; the cycles they took."""
+        flat = (ctypes.c_uint64 * (3 * len(ops)))(*[x for op in ops for x in op])
+        return int(self._lib.ivhw_bare_accesses(self._handle, flat, len(ops), count))
+
     @property
     def cycles(self) -> int:
         return self.engine.cycles
@@ -412,20 +431,18 @@ class NativeBridge:
 
     def _run(self, peer: Peer, guest_function: GuestFunction | None) -> tuple[int, str]:
         config, engine = self.config, self.engine
-        assert peer.memory is not None
-        limit = None if config.seconds is None else time.monotonic() + config.seconds
-        engine.configure(
-            peer.memory, peer.id, poll_cycles=config.poll_cycles, msi_stall=config.msi_stall,
-            no_guest=guest_function is None, limit=limit,
-        )  # fmt: skip
         path = os.environ.get("IVHW_COSIM_STOP_FIFO")
         if path:
             # as the cocotb engine: the CLI writes to it on SIGTERM/SIGINT, and it hangs
             # up if the CLI dies, so no orphaned simulator stays in the domain
             self._stop_fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        engine.watch(peer.eventfds(peer.id), peer.server_fileno(), self._stop_fd)
+        limit = None if config.seconds is None else time.monotonic() + config.seconds
+        engine.attach(
+            peer, stop_fd=self._stop_fd, poll_cycles=config.poll_cycles,
+            msi_stall=config.msi_stall, no_guest=guest_function is None, limit=limit,
+        )  # fmt: skip
+        self._known = dict(peer.peers)
         engine.catch_signals()
-        self._sync_peers()
         engine.reset()
         announce(peer, config.guest)
         bus = _Bus(self)

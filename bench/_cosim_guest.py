@@ -1,0 +1,41 @@
+"""Guest of ``bench.cosim_simspeed``: back-to-back bus accesses, timed inside the simulator.
+
+``--guest bench._cosim_guest:accesses --guest-arg count=N --guest-arg out=FILE
+[--guest-arg doorbell=PEER]``: IVPosition read, (a Doorbell write to PEER,)
+shared-memory word write, read back, in turn, ``count`` accesses; the simulated
+cycles and the wall time of the loop go to FILE as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ivhw.cosim.guest_api import Guest
+
+__all__ = ["accesses"]
+
+_WORD = 0x40
+
+
+async def accesses(g: Guest) -> None:
+    """Run the access loop and record its rate."""
+    count = int(g.args["count"])
+    doorbell = g.args.get("doorbell")
+    done = 0
+    start, cycles = g.now(), g.cycles
+    while done < count:
+        if await g.read("ivposition") != g.id:
+            raise AssertionError("IVPosition read back wrong")
+        done += 1
+        if doorbell is not None:
+            await g.ring(int(doorbell), 0)
+            done += 1
+        await g.shm_write32(_WORD, done)
+        if await g.shm_read32(_WORD) != done:
+            raise AssertionError("shared-memory word read back wrong")
+        done += 2
+    seconds, cycles = g.now() - start, g.cycles - cycles
+    Path(g.args["out"]).write_text(
+        json.dumps({"accesses": done, "cycles": cycles, "seconds": seconds})
+    )
