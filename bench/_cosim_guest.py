@@ -1,9 +1,14 @@
-"""Guest of ``bench.cosim_simspeed``: back-to-back bus accesses, timed inside the simulator.
+"""Guests of the co-simulation benchmarks, timed inside the simulator.
 
-``--guest bench._cosim_guest:accesses --guest-arg count=N --guest-arg out=FILE
-[--guest-arg doorbell=PEER]``: IVPosition read, (a Doorbell write to PEER,)
-shared-memory word write, read back, in turn, ``count`` accesses; the simulated
-cycles and the wall time of the loop go to FILE as JSON.
+``accesses`` (``bench.cosim_simspeed``): ``--guest-arg count=N --guest-arg
+out=FILE [--guest-arg doorbell=PEER]``: IVPosition read, (a Doorbell write to
+PEER,) shared-memory word write, read back, in turn, ``count`` accesses; the
+simulated cycles and the wall time of the loop go to FILE as JSON.
+
+``wake`` (``bench.cosim_rtt``): ``--guest-arg count=N --guest-arg host=PEER
+--guest-arg out=FILE``: rings PEER once (ready), then records the wall time
+(``perf_counter``, the host's clock too) at which each of N interrupts reached
+the guest.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from pathlib import Path
 
 from ivhw.cosim.guest_api import Guest
 
-__all__ = ["accesses"]
+__all__ = ["accesses", "wake"]
 
 _WORD = 0x40
 
@@ -39,3 +44,16 @@ async def accesses(g: Guest) -> None:
     Path(g.args["out"]).write_text(
         json.dumps({"accesses": done, "cycles": cycles, "seconds": seconds})
     )
+
+
+async def wake(g: Guest) -> None:
+    """Wait for ``count`` interrupts; the wall time each was seen goes to ``out`` (JSON)."""
+    count = int(g.args["count"])
+    await g.ring(int(g.args["host"]), 0)  # ready: the host may start ringing
+    seen: list[float] = []
+    while len(seen) < count:
+        if await g.wait_irq(30):
+            seen.append(g.now())
+        else:
+            break
+    Path(g.args["out"]).write_text(json.dumps(seen))

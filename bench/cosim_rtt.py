@@ -1,33 +1,41 @@
-"""Echo round trip through the co-simulation bridge, against a raw eventfd round trip.
+"""Echo round trip through the co-simulation bridge, against raw eventfds and QEMU.
 
-``python -m bench.cosim_rtt [--quick] [--requests N] [--idle SECONDS] [--sims icarus,verilator]``
+``python -m bench.cosim_rtt [--quick] [--requests N] [--idle SECONDS] [--sims icarus,verilator]
+[--engines native,cocotb] [--devices flat,pci]``
 
-For each simulator: a server, the simulated ivshmem-flat device running the
-``echo`` guest (``ivshmem-cosim``) and a host peer that sends echo requests
-(``ivhw.sw.echo.request``) and measures each round trip. The bridge records,
-for every request, the wall time and the clock cycles from the moment its
-``epoll`` returned with the doorbell to the moment the reply doorbell left the
-device: that is the *simulated cycles* part. The rest of the round trip is the
-*bridge overhead* (eventfd wake of the simulator, the host's own wake, the
-Python on both sides). Baseline, measured in the same run: a raw ping-pong
-between two processes on two eventfds, each side waiting in ``epoll`` as the
-bridge and the peer library do.
+For each simulator, engine (native: Verilator only) and device: a server, the
+simulated device running the ``echo`` guest (``ivshmem-cosim``) and a host peer
+that sends echo requests (``ivhw.sw.echo.request``) and measures each round
+trip. The bridge records, for every request, the wall time and the clock cycles
+from the moment its ``epoll`` returned with the doorbell to the moment the reply
+doorbell left the device: that is the *simulated* part. The rest of the round
+trip is the *bridge overhead* (eventfd wake of the simulator, the host's own
+wake, the code on both sides). Baselines, measured in the same run: a raw
+ping-pong between two processes on two eventfds, each side waiting in ``epoll``
+as the bridge and the peer library do, and QEMU 7.2's own ivshmem-doorbell
+device (through qtest) sending the same echo requests to a host echo peer.
 
 Then the device is left idle (the guest waits for an interrupt) and the CPU
-time of the simulator process and of the CLI over a few seconds is measured.
+time of the simulator process and of the CLI over a few seconds is measured;
+and a guest that only waits for interrupts records when each ring reached it
+(wake latency, the device asleep in ``epoll`` at every ring).
 
-Targets: bridge overhead (median) <= 2 x the raw eventfd round trip (median);
-idle CPU < 5 % of a core.
+Targets for the native engine: round trip (Python echo guest) under a tenth of
+the cocotb engine's on the same simulator and device; bridge overhead (median)
+<= 2 x the raw eventfd round trip (median); wake latency under 20 us median;
+idle CPU < 1 % of a core.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import select
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +43,10 @@ from typing import Any
 __all__ = ["main"]
 
 OVERHEAD_TARGET = 2.0
-IDLE_TARGET = 0.05
+IDLE_TARGET = 0.01
+WAKE_TARGET_US = 20.0
+SPEEDUP_TARGET = 10.0
+_ROOT = Path(__file__).resolve().parent.parent
 _VECTORS = 1
 _SHM_SIZE = 1 << 20
 _CLK_TICK = os.sysconf("SC_CLK_TCK")
@@ -162,16 +173,30 @@ def _breakdown(windows: list[tuple[float, float]], stats: dict[str, Any]) -> dic
     }
 
 
-def _run_sim(
-    sim: str, device_kind: str, requests: int, idle: float, gap: float, tmp: Path
-) -> dict[str, Any]:
+def _wait_joined(host: Any, device: Any, what: str) -> int:
+    from ivhw.sw.peer import PeerJoined
+
+    deadline = time.monotonic() + 120
+    while not host.peers:
+        if device.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the {what} device did not join:\n{device.output()}")
+        try:
+            host.wait(PeerJoined, timeout=0.5)
+        except TimeoutError:
+            pass
+    return min(host.peers)  # type: ignore[no-any-return]
+
+
+def _run_sim(target: Target, requests: int, idle: float, gap: float, tmp: Path) -> dict[str, Any]:
     from ivhw.cosim.build import build
     from ivhw.cosim.process import CosimProcess
-    from ivhw.sw.peer import Peer, PeerJoined
+    from ivhw.sw.peer import Peer
     from ivhw.sw.server import IvshmemServer
 
-    build(device_kind, sim, vectors=_VECTORS, shm_size=_SHM_SIZE)
-    sock = tmp / f"{sim}-{device_kind}.sock"
+    sim, engine, device_kind = target
+    build(device_kind, sim, vectors=_VECTORS, shm_size=_SHM_SIZE, engine=engine)
+    name = "-".join(target)
+    sock = tmp / f"{name}.sock"
     server = IvshmemServer(str(sock), shm_size=_SHM_SIZE, vectors=_VECTORS)
     server.serve_in_background()
     device = None
@@ -179,24 +204,16 @@ def _run_sim(
     try:
         with Peer(str(sock), vectors=_VECTORS) as host:
             device = CosimProcess(
-                sock, tmp, name=f"{sim}-{device_kind}", sim=sim, device=device_kind,
+                sock, tmp, name=name, sim=sim, engine=engine, device=device_kind,
                 vectors=_VECTORS, shm_size=_SHM_SIZE,
             ).start()  # fmt: skip
-            deadline = time.monotonic() + 120
-            while not host.peers:
-                if device.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the {sim} device did not join:\n{device.output()}")
-                try:
-                    host.wait(PeerJoined, timeout=0.5)
-                except TimeoutError:
-                    pass
-            target = min(host.peers)
+            target_id = _wait_joined(host, device, name)
             warmup = 5
             for mode, pause in (("back-to-back", 0.0), ("spaced", gap)):
                 for n in range(warmup + requests):
                     if pause:
                         time.sleep(pause)  # the device is asleep in epoll when the request comes
-                    window = _request(host, target, b"cosim round trip %04d" % n)
+                    window = _request(host, target_id, b"cosim round trip %04d" % n)
                     if n >= warmup:
                         windows[mode].append(window)
             time.sleep(0.5)  # let the device settle into its idle wait
@@ -207,20 +224,108 @@ def _run_sim(
             cpu1 = _cpu_seconds(sim_pid) + _cpu_seconds(device.pid)
             idle_cpu = (cpu1 - cpu0) / (time.monotonic() - wall0)
         if device.stop() != 0:
-            raise RuntimeError(f"the {sim} device failed:\n{device.output()}")
+            raise RuntimeError(f"the {name} device failed:\n{device.output()}")
         stats = device.status()["stats"]
+        wake = _wake(target, sock, tmp, max(requests // 2, 20), gap)
     finally:
         if device is not None:
             device.stop()
         server.stop()
-    wake_irq = stats["wake_to_irq"][-requests:]
     return {
         "modes": {mode: _breakdown(w, stats) for mode, w in windows.items()},
-        "wake_irq_us": _median_us([s for s, _ in wake_irq]),
-        "wake_irq_cycles": statistics.median([c for _, c in wake_irq]),
+        "wake_us": _median_us(wake),
+        "wake_p90_us": _p90_us(wake),
         "idle_cpu": idle_cpu,
         "blocks": stats["blocks"],
     }
+
+
+def _wake(target: Target, sock: Path, tmp: Path, count: int, gap: float) -> list[float]:
+    """Ring -> interrupt seen by a Python guest, with the device asleep in epoll each time."""
+    from ivhw.cosim.process import CosimProcess
+    from ivhw.sw.peer import Doorbell, Peer
+
+    sim, engine, device_kind = target
+    out = tmp / f"{'-'.join(target)}-wake-times.json"
+    os.environ["PYTHONPATH"] = str(_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    with Peer(str(sock), vectors=_VECTORS) as host:
+        device = CosimProcess(
+            sock, tmp, name=f"{'-'.join(target)}-wake", sim=sim, engine=engine,
+            device=device_kind, vectors=_VECTORS, shm_size=_SHM_SIZE,
+            guest="bench._cosim_guest:wake",
+            guest_args={"count": count, "host": host.id, "out": out},
+        ).start()  # fmt: skip
+        try:
+            target_id = _wait_joined(host, device, "wake")
+            host.wait(Doorbell, timeout=120)  # the guest is ready
+            rings = []
+            for _ in range(count):
+                time.sleep(gap)
+                rings.append(time.perf_counter())
+                host.ring(target_id, 0)
+            if device.wait(60) != 0:
+                raise RuntimeError(f"the wake guest failed:\n{device.output()}")
+        finally:
+            device.stop()
+    seen = json.loads(out.read_text())
+    if len(seen) != count:
+        raise RuntimeError(f"the wake guest saw {len(seen)} of {count} interrupts")
+    return [b - a for a, b in zip(rings, seen, strict=True)]
+
+
+def _qemu_rtt(requests: int, gap: float, tmp: Path) -> dict[str, float] | None:
+    """QEMU's ivshmem-doorbell (qtest) sending echo requests to a host echo peer."""
+    from ivhw.cosim.demo import qemu_echo_request
+    from ivhw.sw import echo
+    from ivhw.sw.peer import Peer, PeerJoined
+    from ivhw.sw.qtest import QemuIvshmem, find_qemu
+    from ivhw.sw.server import IvshmemServer
+
+    if find_qemu() is None:
+        return None
+    sock = tmp / "qemu.sock"
+    server = IvshmemServer(str(sock), shm_size=_SHM_SIZE, vectors=_VECTORS)
+    server.serve_in_background()
+    stop = threading.Event()
+    try:
+        with Peer(str(sock), vectors=_VECTORS) as responder_peer:
+            responder = echo.EchoResponder(responder_peer)
+            vm = QemuIvshmem(server_socket=sock, vectors=_VECTORS, timeout=20, workdir=None)
+            try:
+                vm.start()
+                vm.setup()
+                responder_peer.wait(PeerJoined, timeout=10)
+
+                def serve() -> None:
+                    while not stop.is_set():
+                        for event in responder_peer.poll(0.05):
+                            if getattr(event, "vector", None) == 0:
+                                responder.serve_pending()
+
+                thread = threading.Thread(target=serve, daemon=True)
+                thread.start()
+                modes: dict[str, list[float]] = {"back-to-back": [], "spaced": []}
+                for mode, pause in (("back-to-back", 0.0), ("spaced", gap)):
+                    for n in range(5 + requests):
+                        if pause:
+                            time.sleep(pause)
+                        reply = qemu_echo_request(
+                            vm, responder_peer.id, b"qemu round trip %04d" % n
+                        )
+                        if n >= 5:
+                            modes[mode].append(reply.rtt)
+                stop.set()
+                thread.join(5)
+            finally:
+                vm.close()
+    finally:
+        stop.set()
+        server.stop()
+    return {mode: _median_us(rtts) for mode, rtts in modes.items()}
+
+
+#: (simulator, engine, device)
+Target = tuple[str, str, str]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, help="echo requests per simulator (default 200)")
     parser.add_argument("--idle", type=float, help="seconds of idle CPU measurement (default 5)")
     parser.add_argument("--sims", default="icarus,verilator", help="comma-separated simulators")
+    parser.add_argument(
+        "--engines", default="native,cocotb", help="comma-separated engines (native: Verilator)"
+    )
     parser.add_argument("--devices", default="flat,pci", help="comma-separated device kinds")
     parser.add_argument(
         "--gap", type=float, default=0.005, help="seconds between spaced requests (default 0.005)"
@@ -238,9 +346,18 @@ def main(argv: list[str] | None = None) -> int:
     requests = args.requests or (30 if args.quick else 200)
     idle = args.idle or (1.5 if args.quick else 5.0)
     sims = [s for s in args.sims.split(",") if s]
+    engines = [e for e in args.engines.split(",") if e]
     gap = args.gap
     bindir = str(Path(sys.executable).parent)
     os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+    targets: list[Target] = [
+        (sim, engine, device)
+        for device in args.devices.split(",")
+        if device
+        for sim in sims
+        for engine in engines
+        if engine == "cocotb" or sim == "verilator"
+    ]
 
     raw = _raw_rtt(max(requests * 5, 200))
     raw_us = _median_us(raw)
@@ -250,42 +367,69 @@ def main(argv: list[str] | None = None) -> int:
           f"(p90 {_p90_us(raw):.1f}); cold (2 ms hold, {gap * 1e3:g} ms gap) median "
           f"{cold_us:.1f} us (p90 {_p90_us(cold):.1f})", flush=True)  # fmt: skip
     failed = False
-    rows = []
+    rows, wake_rows = [], []
+    results: dict[Target, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="ivhw-bcosim-") as tmp:
-        for sim, kind in [(s, d) for d in args.devices.split(",") if d for s in sims]:
-            result = _run_sim(sim, kind, requests, idle, gap, Path(tmp))
-            print(f"{sim} {kind}: {result}", flush=True)
-            ok_idle = result["idle_cpu"] < IDLE_TARGET
-            failed |= not ok_idle
-            for mode, r in result["modes"].items():
-                ratio = r["overhead"] / raw_us
-                cold_ratio = r["overhead"] / cold_us
-                ok_overhead = ratio <= OVERHEAD_TARGET
-                failed |= not ok_overhead
-                rows.append(
-                    f"| {sim} {kind} | {mode} | {r['rtt']:.0f} ({r['rtt_p90']:.0f}) | "
-                    f"{r['sim']:.0f} = {r['cycles']:.0f} cycles x {r['us_per_cycle']:.1f} us | "
-                    f"{r['overhead']:.0f} ({r['overhead_p90']:.0f}) "
-                    f"= {r['to_device']:.0f} + {r['back']:.0f} | "
-                    f"{ratio:.1f}x {'ok' if ok_overhead else 'MISSED'} | {cold_ratio:.1f}x |"
-                )
+        qemu = _qemu_rtt(requests, gap, Path(tmp))
+        for target in targets:
+            result = results[target] = _run_sim(target, requests, idle, gap, Path(tmp))
+            print(f"{' '.join(target)}: {result}", flush=True)
+    for target, result in results.items():
+        sim, engine, kind = target
+        native = engine == "native"
+        for mode, r in result["modes"].items():
+            ratio = r["overhead"] / raw_us
+            cold_ratio = r["overhead"] / cold_us
+            ok_overhead = ratio <= OVERHEAD_TARGET
+            failed |= native and not ok_overhead
+            cocotb = results.get((sim, "cocotb", kind))
+            speedup = ""
+            if native and cocotb is not None:
+                gain = cocotb["modes"][mode]["rtt"] / r["rtt"]
+                failed |= gain < SPEEDUP_TARGET
+                speedup = f"{gain:.1f}x {'ok' if gain >= SPEEDUP_TARGET else 'MISSED'}"
             rows.append(
-                f"| {sim} {kind} | idle | eventfd wake -> IRQ {result['wake_irq_us']:.0f} us "
-                f"({result['wake_irq_cycles']:.0f} cycles) | | | idle CPU "
-                f"{result['idle_cpu'] * 100:.2f} % of a core {'ok' if ok_idle else 'MISSED'} | |"
+                f"| {sim} {engine} {kind} | {mode} | {r['rtt']:.0f} ({r['rtt_p90']:.0f}) | "
+                f"{speedup} | "
+                f"{r['sim']:.0f} = {r['cycles']:.0f} cycles x {r['us_per_cycle']:.2f} us | "
+                f"{r['overhead']:.0f} ({r['overhead_p90']:.0f}) "
+                f"= {r['to_device']:.0f} + {r['back']:.0f} | "
+                f"{ratio:.1f}x {'ok' if ok_overhead else 'MISSED'} | {cold_ratio:.1f}x |"
             )
+        ok_idle = result["idle_cpu"] < IDLE_TARGET
+        ok_wake = result["wake_us"] < WAKE_TARGET_US
+        failed |= native and not (ok_idle and ok_wake)
+        wake_rows.append(
+            f"| {sim} {engine} {kind} | {result['wake_us']:.0f} ({result['wake_p90_us']:.0f}) "
+            f"{'ok' if ok_wake else 'MISSED'} | {result['idle_cpu'] * 100:.2f} % "
+            f"{'ok' if ok_idle else 'MISSED'} | {result['blocks']} |"
+        )
     print()
     print(f"{requests} echo requests per simulator and mode (21-byte payloads; spaced: "
           f"{gap * 1e3:g} ms apart), idle {idle:g} s; raw eventfd round trip median "
-          f"{raw_us:.1f} us hot, {cold_us:.1f} us cold")  # fmt: skip
+          f"{raw_us:.1f} us hot, {cold_us:.1f} us cold; load average "
+          f"{os.getloadavg()[0]:.1f}")  # fmt: skip
+    if qemu is not None:
+        print(
+            f"QEMU 7.2 ivshmem-doorbell (qtest) -> host echo peer: median "
+            f"{qemu['back-to-back']:.0f} us back-to-back, {qemu['spaced']:.0f} us spaced"
+        )
     print()
     print(
-        "| sim, device | requests | round trip us, median (p90) | simulated part us | bridge "
-        "overhead us, median (p90) = ring -> sim wake + sim ring -> host wake | "
-        "overhead / raw (hot) | overhead / raw (cold) |"
+        "| sim engine device | requests | round trip us, median (p90) | native vs cocotb | "
+        "simulated part us | bridge overhead us, median (p90) = ring -> sim wake + sim ring "
+        "-> host wake | overhead / raw (hot) | overhead / raw (cold) |"
     )
-    print("|---|---|---:|---|---|---|---|")
+    print("|---|---|---:|---|---|---|---|---|")
     for row in rows:
+        print(row)
+    print()
+    print(
+        "| sim engine device | eventfd ring -> interrupt seen by the Python guest, us median "
+        "(p90), device asleep | idle CPU (simulator + CLI), % of a core | epoll sleeps |"
+    )
+    print("|---|---|---|---|")
+    for row in wake_rows:
         print(row)
     return 1 if failed else 0
 

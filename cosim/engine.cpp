@@ -657,17 +657,27 @@ uint32_t ivhw_take_flags(void* handle) {
     return flags;
 }
 
+// Bus transactions return BUS_OK, BUS_ERROR or BUS_ABORTED, plus FLAGGED when flags
+// wait (so the common case costs Python one call).
+constexpr int FLAGGED = 16;
+
 int ivhw_write(void* handle, uint64_t addr, uint32_t value, uint32_t strb, uint64_t* out) {
-    return static_cast<Engine*>(handle)->write(addr, value, strb, out);
+    Engine* e = static_cast<Engine*>(handle);
+    int status = e->write(addr, value, strb, out);
+    return status | (e->flags ? FLAGGED : 0);
 }
 
 int ivhw_read(void* handle, uint64_t addr, uint64_t* out) {
-    return static_cast<Engine*>(handle)->read(addr, out);
+    Engine* e = static_cast<Engine*>(handle);
+    int status = e->read(addr, out);
+    return status | (e->flags ? FLAGGED : 0);
 }
 
 int ivhw_request(void* handle, int kind, uint64_t addr, uint32_t be, uint32_t data,
                  uint64_t* out) {
-    return static_cast<Engine*>(handle)->request(kind, addr, be, data, out);
+    Engine* e = static_cast<Engine*>(handle);
+    int status = e->request(kind, addr, be, data, out);
+    return status | (e->flags ? FLAGGED : 0);
 }
 
 // Wait for the device's interrupt: run cycles while it drains, sleep while it is idle.

@@ -58,7 +58,7 @@ __all__ = ["COUNTERS", "Engine", "NativeBridge", "main", "run_coroutine"]
 
 # flags a call leaves (engine.cpp)
 F_STOP, F_MEMBER, F_LIMIT, F_TIMEOUT = 1, 2, 4, 8
-_BUS_OK, _BUS_ERROR, _BUS_ABORTED = 0, 1, 2
+_BUS_OK, _BUS_ERROR, _BUS_ABORTED, _FLAGGED = 0, 1, 2, 16
 #: The engine's counters, in its order (``ivhw_stats.counter``).
 COUNTERS = (
     "cycles", "events", "event_stall_cycles", "coalesced", "doorbells", "doorbells_lost",
@@ -66,6 +66,7 @@ COUNTERS = (
 )  # fmt: skip
 _MAX_SAMPLES = 100_000
 _RESP = {0: "OKAY", 1: "EXOKAY", 2: "SLVERR", 3: "DECERR"}
+_READ, _WRITE = ReqKind.MEM_READ.value, ReqKind.MEM_WRITE.value
 
 
 class _Stats(ctypes.Structure):
@@ -204,7 +205,7 @@ class Engine:
         return int(self._lib.ivhw_take_flags(self._handle))
 
     def write(self, addr: int, value: int, strb: int = 0xF) -> tuple[int, int]:
-        """A bus write: (``BUS_*`` status, response code)."""
+        """A bus write: (status, response code); status 0 is done with no flags waiting."""
         status = self._lib.ivhw_write(self._handle, addr, value, strb, self._out_ref)
         return status, self._out.value
 
@@ -276,37 +277,35 @@ class _Bus:
         self._engine = bridge.engine
         self._pci = bridge.config.device == "pci"
 
-    def _done(self, status: int, what: str, code: int) -> int:
-        flags = self._engine.take_flags()
-        if flags:
-            self._bridge.handle(flags)
+    def _done(self, status: int, code: int, kind: int, addr: int, value: int = 0) -> int:
+        if status & _FLAGGED:
+            status &= ~_FLAGGED
+            self._bridge.handle(self._engine.take_flags())
         if status == _BUS_OK:
             return code
         if status == _BUS_ABORTED:  # a flag that ends the run was raised mid-transaction
             raise Stop(STATUS_OK, "stopped")
+        # the messages of the cocotb engine's bus drivers (ivhw.cosim.bridge, .pci)
         if self._pci:
-            raise TransactionError(f"{what} answered Unsupported Request")
-        raise BusError(f"{what} answered {_RESP[code]}")
+            raise TransactionError(f"request {kind} at {addr:#x} answered Unsupported Request")
+        if kind == _WRITE:
+            raise BusError(f"write of {value:#x} to {addr:#x} answered {_RESP[code]}")
+        raise BusError(f"read of {addr:#x} answered {_RESP[code]}")
 
     async def read(self, addr: int) -> int:
         status, value = self._engine.read(addr)
-        what = (
-            f"request {ReqKind.MEM_READ.value} at {addr:#x}" if self._pci else f"read of {addr:#x}"
-        )
-        return self._done(status, what, value) & 0xFFFF_FFFF
+        if status == _BUS_OK:
+            return value & 0xFFFF_FFFF
+        return self._done(status, value, _READ, addr) & 0xFFFF_FFFF
 
     async def write(self, addr: int, value: int, strb: int = 0xF) -> None:
         status, code = self._engine.write(addr, value, strb)
-        what = (
-            f"request {ReqKind.MEM_WRITE.value} at {addr:#x}"
-            if self._pci
-            else f"write of {value:#x} to {addr:#x}"
-        )
-        self._done(status, what, code)
+        if status != _BUS_OK:
+            self._done(status, code, _WRITE, addr, value)
 
     async def request(self, kind: int, addr: int, be: int = 0xF, data: int = 0) -> int:
         status, value = self._engine.request(kind, addr, be, data)
-        return self._done(status, f"request {kind} at {addr:#x}", value)
+        return self._done(status, value, kind, addr)
 
     async def cfg_read(self, offset: int) -> int:
         return await self.request(ReqKind.CFG_READ.value, offset)
