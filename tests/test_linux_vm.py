@@ -18,22 +18,27 @@ from pathlib import Path
 import pytest
 from qemu_domain import Domain
 from support import require_tool
-from test_cosim import SHM_SIZE, VECTORS, Target, check_echo, domain, sim, start_device
+from test_cosim import SHM_SIZE, VECTORS, Target, check_echo, domain, start_device
 
+from ivhw.cosim.build import build as build_device
 from ivhw.cosim.process import CosimProcess
 from ivhw.guest.initramfs import Guest, build, kernel_versions
 from ivhw.guest.vm import LinuxVm
 from ivhw.sw import echo
 from ivhw.sw.peer import Peer, PeerJoined, PeerLeft
 
-__all__ = ["domain", "sim"]  # fixtures used here
+__all__ = ["domain"]  # fixtures used here
 
 pytestmark = pytest.mark.qemu
 
-FLAT_SIMS = [
-    pytest.param(("icarus", "flat"), marks=pytest.mark.icarus, id="icarus-flat"),
-    pytest.param(("verilator", "flat"), marks=pytest.mark.verilator, id="verilator-flat"),
+#: Both simulators, each on its default engine (a VM boot costs more than the engine
+#: differences the cosim tests cover), flat and PCI.
+TARGETS = [
+    pytest.param((sim, engine, device), marks=getattr(pytest.mark, sim), id=f"{sim}-{device}")
+    for device in ("flat", "pci")
+    for sim, engine in (("icarus", "cocotb"), ("verilator", "native"))
 ]
+FLAT_TARGETS = TARGETS[:2]
 
 
 @pytest.fixture(scope="session")
@@ -46,18 +51,13 @@ def guest() -> Guest:
     return build()
 
 
-@pytest.fixture(params=FLAT_SIMS)
-def flat_sim(request: pytest.FixtureRequest) -> Iterator[Target]:
-    yield from _sim(request)
-
-
-def _sim(request: pytest.FixtureRequest) -> Iterator[Target]:
-    name, device = request.param
+@pytest.fixture(params=TARGETS)
+def target(request: pytest.FixtureRequest) -> Iterator[Target]:
+    """A simulated device kind on a simulator, built (once) before the test."""
+    name, engine, device = request.param
     require_tool("iverilog" if name == "icarus" else "g++")
-    from ivhw.cosim.build import build as build_device
-
-    build_device(device, name, vectors=VECTORS, shm_size=SHM_SIZE)
-    yield Target(name, device)
+    build_device(device, name, vectors=VECTORS, shm_size=SHM_SIZE, engine=engine)
+    yield Target(name, engine, device)
 
 
 def hexes(*payloads: bytes) -> list[str]:
@@ -90,35 +90,36 @@ def serve_in_thread(responder: echo.EchoResponder, stop: threading.Event) -> thr
 
 
 def test_linux_vm_and_simulated_device(
-    domain: Domain, tmp_path: Path, sim: Target, guest: Guest
+    domain: Domain, tmp_path: Path, target: Target, guest: Guest
 ) -> None:
     """The VM sends requests to the simulated flat / PCI device and answers the host's."""
-    device = start_device(domain, tmp_path, sim)
+    device = start_device(domain, tmp_path, target)
     host = domain.peer()
-    target = min(domain.server.peer_ids)
+    dev_id = min(domain.server.peer_ids)
     payloads = [b"from a Linux guest", bytes(range(56)), b"!"]
-    vm = domain.linux(guest, [*hexes(*payloads), "--target", str(target), "--serve-count", "2"])
+    vm = domain.linux(guest, [*hexes(*payloads), "--target", str(dev_id), "--serve-count", "2"])
     vm_id = wait_known(host, vm.peer_id)
     assert vm.wait_serving() == vm_id
     assert re.match(r"Linux version 6\.", vm.kernel_version)
     for payload in (b"host to the VM", b"\x00" * 56):
         check_echo(host, vm_id, payload)
-        check_echo(host, target, payload[::-1], device)  # the device serves the host too
+        check_echo(host, dev_id, payload[::-1], device)  # the device serves the host too
     assert vm.wait() == 0, vm.console()
-    check_replies(vm, target, payloads)
+    check_replies(vm, dev_id, payloads)
     assert "ivshmem-echo: served 14 bytes from peer" in vm.console()
     assert device.stop() == 0, device.output()
     assert device.status()["stats"]["doorbells"] == 3 + 2
 
 
+@pytest.mark.parametrize("target", FLAT_TARGETS, indirect=True)
 def test_simulated_ping_into_linux(
-    domain: Domain, tmp_path: Path, flat_sim: Target, guest: Guest
+    domain: Domain, tmp_path: Path, target: Target, guest: Guest
 ) -> None:
     """The simulated hardware's ``ping`` guest measures round trips into the running VM."""
     vm = domain.linux(guest, ["--serve-count", "5"])
     vm.wait_serving()
     pinger = CosimProcess(
-        domain.socket_path, tmp_path, name="ping", sim=flat_sim.sim, device=flat_sim.device,
+        domain.socket_path, tmp_path, name="ping", **target.options(),
         vectors=VECTORS, shm_size=SHM_SIZE, guest="ping",
         guest_args={"target": vm.peer_id, "count": 5, "size": 24},
     ).start()  # fmt: skip
@@ -162,16 +163,16 @@ def test_two_linux_vms(domain: Domain, guest: Guest) -> None:
     assert server.console().count(f"served 33 bytes from peer {client.peer_id}") == 4
 
 
-@pytest.mark.parametrize("flat_sim", FLAT_SIMS, indirect=True)
+@pytest.mark.parametrize("target", FLAT_TARGETS, indirect=True)
 def test_linux_vm_powers_off_mid_run(
-    domain: Domain, tmp_path: Path, flat_sim: Target, guest: Guest
+    domain: Domain, tmp_path: Path, target: Target, guest: Guest
 ) -> None:
     """A VM that powers off while the simulated ``ping`` still sends: the rest carries on."""
     host = domain.peer()
     vm = domain.linux(guest, ["--serve-count", "3"])
     vm.wait_serving()
     pinger = CosimProcess(
-        domain.socket_path, tmp_path, name="ping", sim=flat_sim.sim, device=flat_sim.device,
+        domain.socket_path, tmp_path, name="ping", **target.options(),
         vectors=VECTORS, shm_size=SHM_SIZE, guest="ping",
         guest_args={"target": vm.peer_id, "count": 5, "size": 8, "timeout": 2},
     ).start()  # fmt: skip
@@ -188,19 +189,19 @@ def test_linux_vm_powers_off_mid_run(
     assert vm.peer_id not in domain.server.peer_ids
 
 
-@pytest.mark.parametrize("flat_sim", FLAT_SIMS, indirect=True)
+@pytest.mark.parametrize("target", FLAT_TARGETS, indirect=True)
 def test_server_dies_while_linux_waits(
-    domain: Domain, tmp_path: Path, flat_sim: Target, guest: Guest
+    domain: Domain, tmp_path: Path, target: Target, guest: Guest
 ) -> None:
     """The server dies while the guest waits: its echo peer leaves, the guest says so, exits."""
-    device = start_device(domain, tmp_path, flat_sim)
-    target = min(domain.server.peer_ids)
-    vm = domain.linux(guest, ["--target", str(target), "--count", "1000", "--timeout", "3"])
+    device = start_device(domain, tmp_path, target)
+    dev_id = min(domain.server.peer_ids)
+    vm = domain.linux(guest, ["--target", str(dev_id), "--count", "1000", "--timeout", "3"])
     vm.wait_line(r"reply 1 <- peer")
     domain.server.stop()
     assert device.wait(30) == 3, device.output()  # the bridge leaves with the server
     assert vm.wait() == 1, vm.console()  # and the guest, waiting for a reply, notices
     console = vm.console()
-    assert re.search(rf"error: no reply from peer {target} within 3 s", console), console
+    assert re.search(rf"error: no reply from peer {dev_id} within 3 s", console), console
     assert "reboot: Power down" in console
     assert all(r.ok for r in vm.replies())
