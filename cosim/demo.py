@@ -175,8 +175,8 @@ def _linux_round(
     _say("demo", f"starting a second simulated device: the ping guest, into the VM (peer {vm_id})")
     pinger = CosimProcess(
         sock, tmp, name="ping", sim=args.sim, device="flat", vectors=_VECTORS,
-        shm_size=_SHM_SIZE, guest="ping", guest_args={"target": vm_id, "count": _PINGS},
-        stdout=subprocess.PIPE,
+        shm_size=_SHM_SIZE, guest="ping", stdout=subprocess.PIPE,
+        guest_args={"target": vm_id, "count": _PINGS, "timeout": 20},
     ).start()  # fmt: skip
     assert pinger.process is not None
     threading.Thread(

@@ -10,6 +10,7 @@ the tests check: every reply is verified by the guest itself and again here.
 from __future__ import annotations
 
 import re
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from test_cosim import SHM_SIZE, VECTORS, Target, check_echo, domain, start_devi
 from ivhw.cosim.build import build as build_device
 from ivhw.cosim.process import CosimProcess
 from ivhw.guest.initramfs import Guest, build, kernel_versions
-from ivhw.guest.vm import LinuxVm
+from ivhw.guest.vm import LinuxVm, VmError
 from ivhw.sw import echo
 from ivhw.sw.peer import Peer, PeerJoined, PeerLeft
 
@@ -205,3 +206,32 @@ def test_server_dies_while_linux_waits(
     assert re.search(rf"error: no reply from peer {dev_id} within 3 s", console), console
     assert "reboot: Power down" in console
     assert all(r.ok for r in vm.replies())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "usage: ivshmem-echo"),
+        (["--target", "1", "--size", "57"], "error: --size must be 1..56"),
+        (["--target", "512"], "error: --target must be 0..511"),
+        (["--target", "one"], "error: --target must be a non-negative number, not 'one'"),
+        (["--target", "1", "--payload", "abc"], "error: --payload must be 1..56 bytes of hex"),
+        (["--serve", "extra"], "usage: ivshmem-echo"),
+    ],
+)
+def test_guest_program_bad_arguments(guest: Guest, args: list[str], message: str) -> None:
+    """Argument errors end the program before it touches any device (so it runs here too)."""
+    program = guest.initramfs.parent / "ivshmem-echo"
+    result = subprocess.run([program, *args], capture_output=True, text=True, timeout=10)
+    assert result.returncode == 2
+    assert message in result.stderr.splitlines()[0]
+    assert result.stdout == ""
+
+
+def test_qemu_failing_is_one_clear_error(domain: Domain, guest: Guest, tmp_path: Path) -> None:
+    """A kernel QEMU cannot load: the waiter gets QEMU's own message, nothing hangs."""
+    broken = Guest(guest.version, tmp_path / "no-such-kernel", guest.initramfs)
+    vm = LinuxVm(domain.socket_path, ["--serve"], guest=broken, timeout=30)
+    with vm, pytest.raises(VmError, match=r"(?s)QEMU exited before.*no-such-kernel"):
+        vm.wait_line("IVPosition")
+    assert not vm.running
