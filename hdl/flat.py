@@ -12,8 +12,9 @@ is just the low address bits. A board top that wants two separate regions
 (QEMU's sysbus MMIO 0 and 1) decodes the top bit itself.
 
 Accesses follow QEMU's memory core for a window registered with ``.impl``
-4..4 bytes and no ``.valid`` (``ivhw.sw.models._mmio``, the model's rules),
-with the byte enables standing for the access size:
+4..4 bytes and no ``.valid`` (``ivhw.sw.models.registers``, the model's
+rules; the register decode is generated from ``FLAT_REGS`` by
+:mod:`ivhw.hdl.regs`), with the byte enables standing for the access size:
 
 - outside both windows: DECERR, no effect, reads 0;
 - register window, address bits 1:0 not zero (neither front-end produces
@@ -59,12 +60,13 @@ full. Events on vectors out of range are dropped and counted in
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal
+from amaranth.hdl import Module, Mux, Shape, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from ..sw.regmap import DOORBELL, FLAT_REGS, MAX_VECTORS, Access, BitField, Register
+from ..sw.regmap import DOORBELL, FLAT_REGS, MAX_VECTORS, BitField
 from .bus import BusSignature, Response
+from .regs import RegisterDecode
 from .transport import (
     Doorbell,
     add_doorbell_queue,
@@ -77,11 +79,6 @@ __all__ = ["IvshmemFlat"]
 
 
 _MiB = 1 << 20
-
-#: Byte-enable masks of the register accesses a CPU makes: 1, 2 or 4 bytes,
-#: aligned to their size (QEMU's default ``.valid``). Any other non-zero mask
-#: is an unaligned access.
-_CPU_MASKS = tuple(((1 << size) - 1) << lane for size in (1, 2, 4) for lane in range(0, 4, size))
 
 
 def _field(word: object, field: BitField) -> object:
@@ -175,17 +172,6 @@ class IvshmemFlat(wiring.Component):
         """Byte address of the shared-memory window on ``bus``."""
         return self._shm_size
 
-    def _read_value(self, reg: Register) -> object:
-        """The word a read of ``reg`` returns (every readable FLAT_REGS register)."""
-        if reg.access in (Access.W, Access.RSVD):
-            return Const(0, 32)
-        sources = {
-            "IVPOSITION": Mux(self.ident.valid, self.ident.id, reg.reset),
-        }
-        if reg.name not in sources or reg.access is not Access.R:
-            raise NotImplementedError(f"no HDL behaviour for {reg.name} ({reg.access.name})")
-        return sources[reg.name]
-
     def elaborate(self, platform: object) -> Module:
         m = Module()
         bus = self.bus
@@ -199,17 +185,6 @@ class IvshmemFlat(wiring.Component):
         unaligned = bus.addr[:2] != 0
         in_regs = bus.addr < FLAT_REGS.size
         in_shm = bus.addr[shm_bits]
-        reg_index = bus.addr[2 : (FLAT_REGS.size - 1).bit_length()]
-        lane_mask = Cat(*(bus.sel[i].replicate(8) for i in range(4)))
-        w_word = bus.w_data & lane_mask
-        # Byte enables of the accesses a CPU can make: 1, 2 or 4 bytes aligned to their size.
-        cpu_access = Signal()
-        with m.Switch(bus.sel):
-            for mask in _CPU_MASKS:
-                with m.Case(mask):
-                    m.d.comb += cpu_access.eq(1)
-        # Such an access reaches a register only if it starts at the register's offset.
-        at_register = bus.sel[0]
 
         pending_db = Signal(db_width)
         bad_peer = Signal(32)
@@ -227,6 +202,21 @@ class IvshmemFlat(wiring.Component):
         def finish(resp: Response, r_data: object = 0) -> None:
             m.d.sync += [bus.ack.eq(1), bus.resp.eq(resp), bus.r_data.eq(r_data)]
 
+        def refuse() -> None:
+            m.d.sync += bad_access.eq(bad_access + 1)
+            finish(Response.SLVERR)
+
+        def ring(m: Module, value: object, old: object) -> bool:
+            # The write completes once the doorbell is validated and queued.
+            m.d.sync += pending_db.eq(value)
+            m.next = "QUERY"
+            return True
+
+        ivposition = Mux(self.ident.valid, self.ident.id, FLAT_REGS.IVPOSITION.reset)
+        regs = RegisterDecode(
+            FLAT_REGS, sources={"IVPOSITION": ivposition}, hooks={"doorbell": ring}
+        )
+
         with m.FSM(name="bus"):
             with m.State("IDLE"):
                 with m.If(bus.stb & ~bus.ack):
@@ -237,28 +227,13 @@ class IvshmemFlat(wiring.Component):
                             finish(Response.SLVERR)
                         with m.Else():
                             m.next = "SHM_REQUEST"
-                    with m.Elif(unaligned | ((bus.sel != 0) & ~cpu_access)):
-                        m.d.sync += bad_access.eq(bad_access + 1)
-                        finish(Response.SLVERR)
-                    with m.Elif(bus.sel == 0):
-                        finish(Response.OKAY)
+                    with m.Elif(unaligned):
+                        refuse()
                     with m.Else():
-                        with m.Switch(reg_index):
-                            for reg in FLAT_REGS:
-                                with m.Case(reg.offset >> 2):
-                                    with m.If(~bus.we):
-                                        value = self._read_value(reg) & lane_mask
-                                        finish(Response.OKAY, Mux(at_register, value, 0))
-                                    if reg.access is Access.W:
-                                        self._check_write_action(reg)
-                                        with m.Elif(at_register):
-                                            m.d.sync += pending_db.eq(w_word)
-                                            m.next = "QUERY"
-                                    with m.Else():
-                                        finish(Response.OKAY)
-                            with m.Default():
-                                # Offsets the map leaves out: reserved.
-                                finish(Response.OKAY)
+                        regs.access(
+                            m, addr=bus.addr, write=bus.we, be=bus.sel, data=bus.w_data,
+                            done=lambda data=0: finish(Response.OKAY, data), refuse=refuse,
+                        )  # fmt: skip
 
             with m.State("QUERY"):
                 m.d.comb += self.peers.req.eq(1)
@@ -316,9 +291,3 @@ class IvshmemFlat(wiring.Component):
         with m.If(take & ~own):
             m.d.sync += events_dropped.eq(events_dropped + 1)
         return m
-
-    @staticmethod
-    def _check_write_action(reg: Register) -> None:
-        """Only DOORBELL is writable on ivshmem-flat; a regmap change must come here."""
-        if reg.access is Access.W and reg.name != "DOORBELL":
-            raise NotImplementedError(f"no HDL behaviour for writes to {reg.name}")

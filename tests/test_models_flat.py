@@ -7,7 +7,7 @@ import mmap
 import pytest
 
 from ivhw.sw.models import IvshmemFlat
-from ivhw.sw.models._mmio import access_of_mask
+from ivhw.sw.models.registers import access_of_mask
 from ivhw.sw.regmap import DOORBELL, FLAT_REGS, MAX_VECTORS
 
 INTMASK = FLAT_REGS.INTMASK.offset

@@ -101,13 +101,13 @@ class PeerTable:
         """A copy of the table: peer ID -> vector count, the own ID included."""
         return dict(self._peers)
 
-    def decode(self, word: int, vector_bits: int, counters: Counters) -> tuple[int, int] | None:
+    def decode(self, word: int, counters: Counters) -> tuple[int, int] | None:
         """``(peer, vector)`` a doorbell ``word`` rings, or ``None`` (counted) if nothing.
 
-        Only the low ``vector_bits`` bits of the vector field are decoded.
+        ``word`` holds the Doorbell register's writable bits (a device that decodes
+        fewer vector bits declares a narrower field, so the rest arrive as 0).
         """
         peer, vector = DOORBELL.unpack(word)
-        vector &= (1 << vector_bits) - 1
         count = self._peers.get(peer)
         if count is None:
             counters.bad_peer += 1

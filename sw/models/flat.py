@@ -4,20 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..regmap import FLAT_REGS, MAX_VECTORS, Access
-from . import _mmio
+from ..regmap import FLAT_REGS, MAX_VECTORS
 from .common import Counters, DoorbellCallback, PeerTable, SharedMemory
+from .registers import HasRegisters, RegisterFile
 
 __all__ = ["DEFAULT_SHM_SIZE", "IvshmemFlat"]
 
 #: QEMU's ``shmem-size`` default: the server's memory must be exactly this big
 DEFAULT_SHM_SIZE = 4 << 20
 
-# ivshmem-flat decodes the whole 16-bit vector field of a doorbell word
-_VECTOR_BITS = 16
 
-
-class IvshmemFlat:
+class IvshmemFlat(HasRegisters):
     """ivshmem-flat: a sysbus ivshmem with a 16-byte register window and one IRQ.
 
     Register window (region 0, offsets and access from ``regmap.FLAT_REGS``)::
@@ -39,7 +36,7 @@ class IvshmemFlat:
     unknown peer or to a vector that peer lacks is ignored and counted
     (upstream does not bounds-check the vector; this model and the HDL do).
 
-    Access sizes (QEMU ``.impl`` 4..4, no ``.valid``; see ``_mmio``): an
+    Access sizes (QEMU ``.impl`` 4..4, no ``.valid``; see ``registers``): an
     access of 1, 2, 4 or 8 bytes aligned to its size is valid, anything else
     reads 0 / is dropped and counts ``bad_access``. A 1- or 2-byte read returns
     the low bytes of the register at that exact offset (0 off a register
@@ -66,6 +63,8 @@ class IvshmemFlat:
         ``events``, ``irq_pulses``, ``rings``, ``bad_peer``, ``bad_vector``, ``bad_access``.
     shm : SharedMemory
         The shared-memory window (``shm.view`` is the buffer).
+    regs : RegisterFile
+        The register window, dispatched from ``FLAT_REGS``.
 
     Raises
     ------
@@ -89,6 +88,12 @@ class IvshmemFlat:
         self.on_irq = on_irq
         self.on_doorbell = on_doorbell
         self.counters = Counters()
+        self.regs = RegisterFile(
+            FLAT_REGS,
+            self.counters,
+            sources={"IVPOSITION": self._ivposition},
+            hooks={"doorbell": self._ring},
+        )
 
     # -- peers ------------------------------------------------------------------------------
 
@@ -132,51 +137,21 @@ class IvshmemFlat:
 
     # -- register window --------------------------------------------------------------------
 
-    def _read32(self, offset: int) -> int:
-        reg = FLAT_REGS.at(offset) if offset % 4 == 0 else None
-        if reg is FLAT_REGS.IVPOSITION:
-            return FLAT_REGS.IVPOSITION.reset if self.id is None else self.id
-        # INTMASK/INTSTATUS reserved, DOORBELL write-only, the rest unmapped
-        return 0
+    def _ivposition(self) -> int:
+        return FLAT_REGS.IVPOSITION.reset if self.id is None else self.id
 
-    def _write32(self, offset: int, data: int) -> None:
-        reg = FLAT_REGS.at(offset) if offset % 4 == 0 else None
-        if reg is None or reg.access is not Access.W:
-            return
-        hit = self._table.decode(data, _VECTOR_BITS, self.counters)
+    def _ring(self, word: int, _old: int) -> None:
+        hit = self._table.decode(word, self.counters)
         if hit is not None and self.on_doorbell is not None:
             self.on_doorbell(*hit)
 
     def read(self, offset: int, size: int = 4) -> int:
         """Read ``size`` (1, 2, 4, 8) bytes of the register window at ``offset``."""
-        value = _mmio.dispatch_read(self._read32, offset, size, FLAT_REGS.size)
-        if value is None:
-            self.counters.bad_access += 1
-            return 0
-        return value
+        return self.regs.read(offset, size)
 
     def write(self, offset: int, data: int, size: int = 4) -> None:
         """Write ``size`` (1, 2, 4, 8) bytes of the register window at ``offset``."""
-        if not _mmio.dispatch_write(self._write32, offset, data, size, FLAT_REGS.size):
-            self.counters.bad_access += 1
-
-    def read_register(self, offset: int) -> int:
-        """Read the whole dword at ``offset`` (a multiple of 4)."""
-        if offset % 4:
-            raise ValueError(f"register offset must be a multiple of 4, not {offset:#x}")
-        return self.read(offset, 4)
-
-    def write_register(self, offset: int, data: int, mask: int = 0xF) -> None:
-        """Write dword ``offset`` with byte enables ``mask`` (bit n = byte n of ``data``)."""
-        if offset % 4:
-            raise ValueError(f"register offset must be a multiple of 4, not {offset:#x}")
-        access = _mmio.access_of_mask(mask)
-        if access is None:
-            if mask:
-                self.counters.bad_access += 1
-            return
-        lane, size = access
-        self.write(offset + lane, (data >> (8 * lane)) & ((1 << (8 * size)) - 1), size)
+        self.regs.write(offset, data, size)
 
     # -- shared memory ----------------------------------------------------------------------
 

@@ -28,8 +28,8 @@ from ..pcicfg import (
     InterruptPin,
 )
 from ..regmap import MSIX_BAR, MSIX_ENTRY, PCI_REV1_REGS
-from . import _mmio
 from .common import Counters, DoorbellCallback, PeerTable, SharedMemory
+from .registers import HasRegisters, MmioWindow, RegisterFile
 
 __all__ = ["DEFAULT_SHM_SIZE", "EXTENDED_CONFIG_SIZE", "IvshmemPci", "MsiCallback"]
 
@@ -42,8 +42,6 @@ EXTENDED_CONFIG_SIZE = 0x1000
 #: ``on_msi(address, data)``: the device writes the 32-bit ``data`` to ``address``
 MsiCallback = Callable[[int, int], None]
 
-# QEMU's PCI ivshmem decodes only bits 7:0 of the doorbell's vector field
-_VECTOR_BITS = 8
 _M32 = 0xFFFF_FFFF
 _REG = PCI_REV1_REGS
 
@@ -56,7 +54,7 @@ class _MsixEntry:
     masked: bool = bool(MSIX_BAR.mask.get(MSIX_ENTRY.VectorCtrl.reset))
 
 
-class IvshmemPci:
+class IvshmemPci(HasRegisters):
     """ivshmem PCI revision 1: ``ivshmem-doorbell`` or ``ivshmem-plain``, as QEMU 7.2.
 
     Configuration header (values from ``ivhw.sw.pcicfg``; MSI-X variant)::
@@ -145,7 +143,7 @@ class IvshmemPci:
     / :meth:`bar_write` address a BAR directly.
 
     **Register access sizes** (BAR0; QEMU ``.impl`` 4..4, no ``.valid``; see
-    ``_mmio``): 1/2/4/8 bytes aligned to the size; unaligned reads 0 / drops
+    ``registers``): 1/2/4/8 bytes aligned to the size; unaligned reads 0 / drops
     (``bad_access``). 1- and 2-byte reads reach a register only at its own
     offset (low bytes, side effects included: IntrStatus clears); 1- and
     2-byte writes go to the register of ``offset & FCh`` with the value
@@ -179,6 +177,8 @@ class IvshmemPci:
         ``events_dropped``, ``rings``, ``bad_peer``, ``bad_vector``, ``bad_access``).
     shm : SharedMemory
         The BAR2 window.
+    regs : RegisterFile
+        BAR0, dispatched from ``PCI_REV1_REGS``.
 
     Raises
     ------
@@ -212,8 +212,19 @@ class IvshmemPci:
         self.on_doorbell = on_doorbell
         self.on_intx = on_intx
         self.counters = Counters()
-        self._build_config()
+        self.regs = RegisterFile(
+            _REG,
+            self.counters,
+            sources={"IVPosition": self._ivposition},
+            hooks={"doorbell": self._ring},
+            on_change=self._update_intx,
+        )
+        self._msix_bar = MmioWindow(
+            MSIX_BAR.size, self.counters, self._msix_read32, self._msix_write32,
+            MSIX_ENTRY.min_access,
+        )  # fmt: skip
         self._pin = False
+        self._build_config()
         self.reset()
 
     # -- variant ----------------------------------------------------------------------------
@@ -280,8 +291,7 @@ class IvshmemPci:
         self._cfg = bytearray(self._cfg_init)
         self._msix_table = [_MsixEntry() for _ in range(self.vectors)]
         self._pba = 0
-        self.intrmask = _REG.IntrMask.reset
-        self.intrstatus = _REG.IntrStatus.reset
+        self.regs.reset()
         self._update_intx()
 
     # -- peers ------------------------------------------------------------------------------
@@ -419,88 +429,61 @@ class IvshmemPci:
             self.bar_write(hit[0], hit[1], data, size)
         return hit is not None
 
+    def _window(self, index: int) -> MmioWindow | SharedMemory:
+        bar, _ = self._bar(index)
+        if bar is BARS.shm:
+            return self.shm
+        return self.regs if bar is BARS.regs else self._msix_bar
+
     def bar_read(self, index: int, offset: int, size: int = 4) -> int:
         """Read ``size`` bytes at ``offset`` of BAR ``index``, whatever the decode says."""
-        bar, bar_size = self._bar(index)
-        if bar is BARS.shm:
-            return self.shm.read(offset, size)
-        if bar is BARS.regs:
-            value = _mmio.dispatch_read(self._read32, offset, size, bar_size)
-        else:  # QEMU's MSI-X regions: .valid 4..8
-            value = _mmio.dispatch_read(self._msix_read32, offset, size, bar_size, 4)
-        if value is None:
-            self.counters.bad_access += 1
-            return 0
-        return value
+        return self._window(index).read(offset, size)
 
     def bar_write(self, index: int, offset: int, data: int, size: int = 4) -> None:
         """Write ``size`` bytes at ``offset`` of BAR ``index``, whatever the decode says."""
-        bar, bar_size = self._bar(index)
-        if bar is BARS.shm:
-            self.shm.write(offset, data, size)
-            return
-        if bar is BARS.regs:
-            ok = _mmio.dispatch_write(self._write32, offset, data, size, bar_size)
-        else:
-            ok = _mmio.dispatch_write(self._msix_write32, offset, data, size, bar_size, 4)
-        if not ok:
-            self.counters.bad_access += 1
+        self._window(index).write(offset, data, size)
+
+    def _dword_window(self, index: int) -> MmioWindow:
+        window = self._window(index)
+        if isinstance(window, SharedMemory):
+            raise ValueError("BAR2 is RAM: use bar_read/bar_write with a size")
+        return window
+
+    def bar_read_mask(self, index: int, offset: int, mask: int = 0xF) -> int:
+        """Read dword ``offset`` of BAR ``index`` with byte enables ``mask`` (as on PCIe).
+
+        The mask must be one a CPU access produces (``regmap.CPU_MASKS``); any
+        other non-empty mask is an invalid access: reads 0, counted.
+        """
+        return self._dword_window(index).read_mask(offset, mask)
 
     def bar_write_mask(self, index: int, offset: int, data: int, mask: int) -> None:
         """Write dword ``offset`` of BAR ``index`` with byte enables ``mask``.
 
-        The mask must be one a CPU access produces (see ``_mmio.access_of_mask``);
-        any other non-empty mask is an invalid access: dropped and counted.
+        The mask must be one a CPU access produces (``regmap.CPU_MASKS``); any
+        other non-empty mask is an invalid access: dropped and counted.
         """
-        if offset % 4:
-            raise ValueError(f"dword offset must be a multiple of 4, not {offset:#x}")
-        access = _mmio.access_of_mask(mask)
-        if access is None:
-            if mask:
-                self.counters.bad_access += 1
-            return
-        lane, size = access
-        self.bar_write(index, offset + lane, (data >> (8 * lane)) & ((1 << (8 * size)) - 1), size)
-
-    def read_register(self, offset: int) -> int:
-        """Read the BAR0 dword at ``offset``."""
-        if offset % 4:
-            raise ValueError(f"register offset must be a multiple of 4, not {offset:#x}")
-        return self.bar_read(BARS.regs.index, offset, 4)
-
-    def write_register(self, offset: int, data: int, mask: int = 0xF) -> None:
-        """Write the BAR0 dword at ``offset`` with byte enables ``mask``."""
-        self.bar_write_mask(BARS.regs.index, offset, data, mask)
+        self._dword_window(index).write_mask(offset, data, mask)
 
     # -- BAR0 registers ---------------------------------------------------------------------
 
-    def _read32(self, offset: int) -> int:
-        # QEMU's read handler switches on the exact offset
-        reg = _REG.at(offset) if offset % 4 == 0 else None
-        if reg is _REG.IntrMask:
-            return self.intrmask
-        if reg is _REG.IntrStatus:
-            value, self.intrstatus = self.intrstatus, 0
-            self._update_intx()
-            return value
-        if reg is _REG.IVPosition:
-            if not self.doorbell:
-                return 0
-            return _REG.IVPosition.reset if self.id is None else self.id
-        return 0
+    @property
+    def intrmask(self) -> int:
+        return self.regs.get("IntrMask")
 
-    def _write32(self, offset: int, data: int) -> None:
-        # QEMU's write handler masks the offset with FCh
-        reg = _REG.at(offset & 0xFC)
-        if reg is _REG.IntrMask:
-            self.intrmask = data
-        elif reg is _REG.IntrStatus:
-            self.intrstatus = data
-        elif reg is _REG.Doorbell:
-            hit = self._table.decode(data, _VECTOR_BITS, self.counters)
-            if hit is not None and self.on_doorbell is not None:
-                self.on_doorbell(*hit)
-        self._update_intx()
+    @property
+    def intrstatus(self) -> int:
+        return self.regs.get("IntrStatus")
+
+    def _ivposition(self) -> int:
+        if not self.doorbell:
+            return 0
+        return _REG.IVPosition.reset if self.id is None else self.id
+
+    def _ring(self, word: int, _old: int) -> None:
+        hit = self._table.decode(word, self.counters)
+        if hit is not None and self.on_doorbell is not None:
+            self.on_doorbell(*hit)
 
     # -- INTx -------------------------------------------------------------------------------
 
@@ -619,8 +602,7 @@ class IvshmemPci:
             raise ValueError(f"vector must be 0..{self.vectors - 1}, not {vector!r}")
         self.counters.events += 1
         if self.interrupts == "intx":
-            self.intrstatus = 1
-            self._update_intx()
+            self.regs.set("IntrStatus", 1)
         elif self.msix_enabled:
             self._notify(vector)
         else:

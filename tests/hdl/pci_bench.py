@@ -23,7 +23,6 @@ from cocotb.clock import Clock
 from cocotb.triggers import RisingEdge, with_timeout
 
 from ivhw.hdl.pci.tlp import Completion, CplStatus, MsiMessage, ReqKind, Request
-from ivhw.sw.models._mmio import access_of_mask
 from ivhw.sw.models.pci import IvshmemPci
 from ivhw.sw.pcicfg import BARS
 from ivhw.sw.regmap import DOORBELL
@@ -110,14 +109,7 @@ class Oracle:
         if write:
             m.bar_write_mask(index, off, data, be)
             return SC, None
-        if be == 0:
-            return SC, 0
-        access = access_of_mask(be)
-        if access is None:
-            m.counters.bad_access += 1
-            return SC, 0
-        lane, size = access
-        return SC, m.bar_read(index, off + lane, size) << (8 * lane)
+        return SC, m.bar_read_mask(index, off, be)
 
     def event(self, vector: int) -> None:
         if not self.model.doorbell or not 0 <= vector < self.model.vectors:
