@@ -188,7 +188,7 @@ class Domain:
     def ring(self, source: int, word: int) -> int | None:
         """Port ``source`` sent doorbell ``word``: the target port index, or ``None`` (counted)."""
         self._check_port(source)
-        hit = self._tables[source].decode(word, DOORBELL.vector.width, self.counters)
+        hit = self._tables[source].decode(word, self.counters)
         if hit is None:
             return None
         peer, vector = hit
