@@ -21,14 +21,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["BLOCKS", "FAMILIES", "Synthesis", "main", "synthesize", "yosys"]
+__all__ = ["BLOCKS", "FAMILIES", "Synthesis", "families_of", "main", "synthesize", "yosys"]
 
 #: Yosys synthesis command per FPGA family
 FAMILIES = {"ice40": "synth_ice40", "ecp5": "synth_ecp5"}
 
 #: cells reported per family, in table order (others are summed under "other")
 _COLUMNS = {
-    "ice40": ("SB_LUT4", "SB_CARRY", "SB_DFF*", "SB_RAM40_4K"),
+    "ice40": ("SB_LUT4", "SB_CARRY", "SB_DFF*", "SB_RAM40_4K", "SB_SPRAM256KA"),
     "ecp5": ("LUT4", "PFUMX", "L6MUX21", "CCU2C", "TRELLIS_FF", "TRELLIS_DPR16X4", "DP16KD"),
 }
 
@@ -57,6 +57,16 @@ def _pci(**params: object) -> Callable[[], object]:
     return build
 
 
+def _domain(ports: int, **params: object) -> Callable[[], object]:
+    def build() -> object:
+        from ivhw.hdl.domain import IvshmemDomain
+
+        table = [(peer, (1, 2, 8, 64)[peer % 4]) for peer in range(ports)]
+        return IvshmemDomain(table, **params)  # type: ignore[arg-type]
+
+    return build
+
+
 #: block name -> (description, constructor); defaults where not said (4 MiB shared memory)
 BLOCKS: dict[str, tuple[str, Callable[[], object]]] = {
     "flat-axil": ("ivshmem-flat, 64 vectors, AXI4-Lite", _flat("axil")),
@@ -65,7 +75,21 @@ BLOCKS: dict[str, tuple[str, Callable[[], object]]] = {
     "pci-doorbell-64": ("PCI ivshmem-doorbell, MSI-X, 64 vectors", _pci(vectors=64)),
     "pci-intx": ("PCI ivshmem-doorbell, legacy INTx", _pci(vectors=1, interrupts="intx")),
     "pci-plain": ("PCI ivshmem-plain", _pci(doorbell=False)),
+    "domain-2": ("on-chip domain, 2 ports, 4 KiB block RAM", _domain(2)),
+    "domain-4": ("on-chip domain, 4 ports, 4 KiB block RAM", _domain(4)),
+    "domain-8": ("on-chip domain, 8 ports, 16 KiB block RAM", _domain(8, shm_size=16 << 10)),
+    "domain-spram": (
+        "on-chip domain, 2 ports, 64 KiB in iCE40UP5K SPRAM",
+        _domain(2, shm_size=64 << 10, ram="spram"),
+    ),
 }
+#: blocks that only one family can build (a vendor primitive); the others build everywhere
+ONLY: dict[str, tuple[str, ...]] = {"domain-spram": ("ice40",)}
+
+
+def families_of(block: str) -> tuple[str, ...]:
+    """The families ``block`` is synthesized for."""
+    return ONLY.get(block, tuple(FAMILIES))
 
 
 @dataclass
@@ -151,8 +175,10 @@ counts after synthesis, before packing). `tests/test_hdl_synth.py` checks that
 every block synthesizes for both families without latches and without
 warnings (one understood exception: with a single vector the MSI-X table
 memory has one word, which Yosys turns into registers and says so). Shared
-memory is 4 MiB everywhere (it only widens address compares). The flat blocks
-have 64 vectors. The PCI endpoint's MSI-X table (address and data of every
+memory is 4 MiB for the devices (it only widens address compares). The flat
+blocks have 64 vectors. The on-chip domain (`ivhw.hdl.domain`) holds the shared
+memory itself: block RAM, or the iCE40UP5K's SPRAM; its ports have 1, 2, 8 and
+64 vectors in turn. The PCI endpoint's MSI-X table (address and data of every
 vector) is block RAM or distributed RAM, its masks and PBA are flip-flops.
 """
 
@@ -170,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     results = []
     for family in families:
-        for block in BLOCKS:
+        for block in (b for b in BLOCKS if family in families_of(b)):
             result = synthesize(block, family)
             print(f"{family:6} {block:16} {sum(result.cells.values()):6} cells, "
                   f"{len(result.warnings)} warnings", file=sys.stderr)  # fmt: skip

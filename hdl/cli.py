@@ -3,6 +3,8 @@
     ivshmem-hdl verilog flat [--vectors N] [--shm-size SIZE] [--bus axil|wishbone] -o FILE
     ivshmem-hdl verilog pci [--vectors N] [--shm-size SIZE] [--interrupts msix|intx] [--plain]
         -o FILE
+    ivshmem-hdl verilog domain --port ID:VECTORS [--port ...] [--shm-size SIZE]
+        [--ram bram|spram|external] [--event-depth N] -o FILE
 
 Each device registers a builder in ``DEVICES`` (name -> how to add its options
 and how to build it from them), so a new device is one entry plus its options.
@@ -85,6 +87,46 @@ def _pci_build(args: argparse.Namespace) -> object:
     return IvshmemPci(vectors=args.vectors, shm_size=args.shm_size, interrupts=args.interrupts)
 
 
+def _port(text: str) -> tuple[int, int]:
+    peer, sep, vectors = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return int(peer, 0), int(vectors, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"a port is ID:VECTORS (e.g. 1:4 or 0x10:1), not {text!r}"
+        ) from None
+
+
+def _domain_options(parser: argparse.ArgumentParser) -> None:
+    from .domain import RAM_KINDS
+
+    parser.add_argument(
+        "--port", dest="ports", type=_port, action="append", required=True, metavar="ID:VECTORS",
+        help="a port's peer ID and vector count, once per port in port order",
+    )  # fmt: skip
+    parser.add_argument(
+        "--shm-size", type=_SHM_SIZE, default=4096,
+        help="shared memory, a power of two: 4096, 64K (default 4096)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--ram", choices=RAM_KINDS, default="bram",
+        help="block RAM (default), iCE40UP5K SPRAM, or an external RAM port",
+    )  # fmt: skip
+    parser.add_argument(
+        "--event-depth", type=_integer, default=2, help="events buffered per port (default 2)"
+    )
+
+
+def _domain_build(args: argparse.Namespace) -> object:
+    from .domain import IvshmemDomain
+
+    return IvshmemDomain(
+        args.ports, shm_size=args.shm_size, ram=args.ram, event_depth=args.event_depth
+    )
+
+
 #: Devices ``ivshmem-hdl verilog`` can generate.
 DEVICES: dict[str, Device] = {
     "flat": Device("ivshmem-flat (QEMU hw/misc/ivshmem-flat.c)", _flat_options, _flat_build),
@@ -92,6 +134,12 @@ DEVICES: dict[str, Device] = {
         "ivshmem PCI endpoint, revision 1 (ivshmem-doorbell / ivshmem-plain)",
         _pci_options,
         _pci_build,
+        bus=False,
+    ),
+    "domain": Device(
+        "on-chip ivshmem domain: peer table, doorbell crossbar, shared RAM",
+        _domain_options,
+        _domain_build,
         bus=False,
     ),
 }

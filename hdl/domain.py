@@ -37,7 +37,7 @@ See ``docs/domain.md`` for the cycle-by-cycle behaviour.
 
 from __future__ import annotations
 
-from amaranth.hdl import ClockSignal, Const, Instance, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Mux, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
@@ -46,7 +46,6 @@ from amaranth.lib.wiring import In, Out
 from ..sw.models.domain import check_ports
 from ..sw.regmap import DOORBELL
 from .transport import (
-    VECTOR_WIDTH,
     AddressedSignature,
     check_int,
     check_shm_size,
@@ -155,7 +154,7 @@ class Ice40Spram(wiring.Component):
                     "SB_SPRAM256KA",
                     i_ADDRESS=address,
                     i_DATAIN=port.w_data[16 * half : 16 * half + 16],
-                    i_MASKWREN=lanes[0].replicate(2) | (lanes[1].replicate(2) << 2),
+                    i_MASKWREN=Cat(lanes[0], lanes[0], lanes[1], lanes[1]),
                     i_WREN=lanes.any(),
                     i_CHIPSELECT=selected & (port.r_en | port.w_en.any()),
                     i_CLOCK=ClockSignal(),
@@ -298,6 +297,8 @@ class IvshmemDomain(wiring.Component):
         n = len(self._ports)
         ids = [peer for peer, _ in self._ports]
         counts = [vectors for _, vectors in self._ports]
+        # A routed vector is below its target's count: the stages and FIFOs keep only those bits.
+        vector_bits = max(1, (max(counts) - 1).bit_length())
 
         # Peer table: identity and the known-peer query (answered one cycle after req).
         for i, port in enumerate(self.ports):
@@ -320,7 +321,7 @@ class IvshmemDomain(wiring.Component):
         # Doorbell stages: decode against the table, drop (counted) or hold for the target.
         stage_valid = [Signal(name=f"stage{i}_valid") for i in range(n)]
         stage_target = [Signal(n, name=f"stage{i}_target") for i in range(n)]
-        stage_vector = [Signal(VECTOR_WIDTH, name=f"stage{i}_vector") for i in range(n)]
+        stage_vector = [Signal(vector_bits, name=f"stage{i}_vector") for i in range(n)]
         stage_leaves = [Signal(name=f"stage{i}_leaves") for i in range(n)]
         drop_peer = [Signal(name=f"stage{i}_drop_peer") for i in range(n)]
         drop_vector = [Signal(name=f"stage{i}_drop_vector") for i in range(n)]
@@ -343,7 +344,7 @@ class IvshmemDomain(wiring.Component):
                 m.d.sync += [
                     stage_valid[i].eq(1),
                     stage_target[i].eq(match),
-                    stage_vector[i].eq(vector),
+                    stage_vector[i].eq(vector[:vector_bits]),
                 ]
             with m.Elif(stage_leaves[i]):
                 m.d.sync += stage_valid[i].eq(0)
@@ -358,13 +359,13 @@ class IvshmemDomain(wiring.Component):
 
         # Crossbar: per target, a round-robin arbiter over the stages and an event FIFO.
         for j, port in enumerate(self.ports):
-            fifo = SyncFIFO(width=VECTOR_WIDTH, depth=self._event_depth)
+            fifo = SyncFIFO(width=vector_bits, depth=self._event_depth)
             m.submodules[f"events{j}"] = fifo
             requests = [stage_valid[i] & stage_target[i][j] for i in range(n)]
             grant, last = _round_robin(m, requests, f"target{j}")
             m.d.comb += [
                 fifo.w_en.eq(grant.any()),
-                fifo.w_data.eq(_select(grant, stage_vector, VECTOR_WIDTH)),
+                fifo.w_data.eq(_select(grant, stage_vector, vector_bits)),
                 port.event.payload.vector.eq(fifo.r_data),
                 port.event.valid.eq(fifo.r_rdy),
                 fifo.r_en.eq(port.event.ready),

@@ -38,6 +38,18 @@ def test_writes_verilog(tmp_path: Path, bus: str, port: str) -> None:
         (["verilog", "pci", "--bus", "axil"], "unrecognized arguments: --bus"),
         (["verilog", "flat"], "required: -o/--output"),
         (["verilog", "flat", "-o", "/nonexistent/dir/x.v"], "cannot write"),
+        (["verilog", "domain"], "required: --port"),
+        (
+            ["verilog", "domain", "--port", "1"],
+            "a port is ID:VECTORS (e.g. 1:4 or 0x10:1), not '1'",
+        ),
+        (["verilog", "domain", "--port", "1:2", "--port", "1:4"], "port id 1 appears twice"),
+        (["verilog", "domain", "--port", "1:65"], "port vectors must be 1..64, not 65"),
+        (["verilog", "domain", "--port", "1:1", "--ram", "dram"], "invalid choice: 'dram'"),
+        (
+            ["verilog", "domain", "--port", "1:1", "--ram", "spram", "--shm-size", "1M"],
+            "ram='spram' holds at most 128 KiB",
+        ),
     ],
 )
 def test_bad_arguments_one_line_exit_2(
@@ -68,6 +80,28 @@ def test_writes_pci_verilog(
     assert main(["verilog", "pci", *options, "-o", str(out)]) == 0
     text = out.read_text()
     assert "module ivshmem_pci(" in text
+    for port in present:
+        assert port in text
+    for port in absent:
+        assert port not in text
+
+
+@pytest.mark.parametrize(
+    "options, present, absent",
+    [
+        ([], ["ports__1__doorbell__payload", "ports__0__mem__addr"], ["ram__addr", "SB_SPRAM"]),
+        (["--ram", "external"], ["ram__addr", "ram__r_data"], ["SB_SPRAM"]),
+        (["--ram", "spram", "--shm-size", "64K"], ["SB_SPRAM256KA"], ["ram__addr"]),
+    ],
+)
+def test_writes_domain_verilog(
+    tmp_path: Path, options: list[str], present: list[str], absent: list[str]
+) -> None:
+    out = tmp_path / "domain.v"
+    assert main(["verilog", "domain", "--port", "1:4", "--port", "0x10:1", *options,
+                 "-o", str(out)]) == 0  # fmt: skip
+    text = out.read_text()
+    assert "module ivshmem_domain(" in text
     for port in present:
         assert port in text
     for port in absent:
