@@ -6,25 +6,30 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from typing import NoReturn
 
 import pytest
 
-__all__ = ["require_tool", "wait_for"]
+__all__ = ["missing", "require_tool", "wait_for"]
+
+
+def missing(what: str) -> NoReturn:
+    """Skip the test because ``what`` is not installed.
+
+    Under ``IVHW_REQUIRE_TOOLS=1`` (set by ``make test`` and so by CI, which
+    installs every tool) fail it instead: nothing may be skipped there.
+    """
+    message = f"{what} is not installed (run `make setup`)"
+    if os.environ.get("IVHW_REQUIRE_TOOLS") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def require_tool(name: str) -> str:
-    """Path of the executable ``name``; skip the test if it is missing.
-
-    Under ``IVHW_REQUIRE_TOOLS=1`` (set by ``make test`` and so by CI, which
-    installs every tool) a missing tool fails the test instead: nothing may be
-    skipped there.
-    """
+    """Path of the executable ``name``; :func:`missing` if there is none."""
     path = shutil.which(name)
     if path is None:
-        message = f"{name} is not installed (run `make setup`)"
-        if os.environ.get("IVHW_REQUIRE_TOOLS") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(name)
     return path
 
 

@@ -49,9 +49,13 @@ def test_demo_runs_clean(tmp_path: Path) -> None:
     waves = tmp_path / "demo.vcd"
     out = _demo("--waves", str(waves))
     assert re.search(r"\[ linux\] ivhw-guest: Linux version 6\.", out), out
+    found = re.search(r"the simulated device is peer (\d+)", out)
+    assert found, out
+    device = found.group(1)
     # the guest's own verified replies from the simulated device, with its clock's rtt
-    assert len(re.findall(r"\[ linux\] reply \d <- peer 1 \(MSI-X 0\): .* ok rtt_us", out)) == 3
-    assert "[ linux] peer 1: 3 of 3 replies verified" in out
+    replies = re.findall(rf"\[ linux\] reply \d <- peer {device} \(MSI-X 0\): .* ok rtt_us", out)
+    assert len(replies) == 3, out
+    assert f"[ linux] peer {device}: 3 of 3 replies verified" in out
     assert re.search(r"\[  ping\] ping: 5/5 replies, rtt us min \d+", out), out
     assert out.count("(every byte XOR 0xFF: ok)") == 3 + 1, out  # host: device x3, the VM
     assert "the Linux guest verified 3 of 3 replies and powered off" in out

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from qemu_domain import Domain
-from support import require_tool
+from support import missing, require_tool
 from test_cosim import SHM_SIZE, VECTORS, Target, check_echo, domain, start_device
 
 from ivhw.cosim.build import build as build_device
@@ -48,7 +48,9 @@ def guest() -> Guest:
     require_tool("qemu-system-x86_64")
     require_tool("gcc")
     if not kernel_versions():
-        require_tool("vmlinuz (Debian's linux-image-amd64)")
+        missing("a kernel in /boot with its modules (Debian's linux-image-amd64)")
+    if not Path("/bin/busybox").exists():
+        missing("/bin/busybox (Debian's busybox-static)")
     return build()
 
 
