@@ -153,6 +153,8 @@ def test_linux_vm_and_host_peer(domain: Domain, guest: Guest) -> None:
     assert vm.wait() == 0, vm.console()
     check_replies(vm, host.id, payloads)
     assert vm.ivposition == vm.peer_id
+    # three replies and the host's request: four MSI-X messages on vector 0
+    assert vm.interrupts() == {0: 4, 1: 0}, vm.console()
 
 
 def test_two_linux_vms(domain: Domain, guest: Guest) -> None:
@@ -163,6 +165,8 @@ def test_two_linux_vms(domain: Domain, guest: Guest) -> None:
     assert server.wait() == 0, server.console()
     replies = client.replies()
     assert len(replies) == 4 and all(r.ok and r.source == server.peer_id for r in replies)
+    # each reply came as its own MSI-X message, through the guest kernel
+    assert client.interrupts() == {0: 4, 1: 0}, client.console()
     assert server.console().count(f"served 33 bytes from peer {client.peer_id}") == 4
 
 

@@ -382,6 +382,38 @@ static uint64_t wait_irq(struct device *dev, double deadline)
 	}
 }
 
+/* What the guest kernel counted for our vectors ("vfio-msix[V](BDF)" in /proc/interrupts). */
+static void report_interrupts(const struct device *dev)
+{
+	char line[4096], name[300], text[MAX_VECTORS * 24] = "";
+	unsigned long counts[MAX_VECTORS] = { 0 };
+	int cpus = 0;
+	FILE *f = fopen("/proc/interrupts", "r");
+	if (!f || !fgets(line, sizeof line, f)) {
+		say("cannot read /proc/interrupts");
+		if (f)
+			fclose(f);
+		return;
+	}
+	for (char *p = line; (p = strstr(p, "CPU")); p += 3)
+		cpus++;
+	while (fgets(line, sizeof line, f)) {
+		for (unsigned v = 0; v < dev->vectors; v++) {
+			snprintf(name, sizeof name, "vfio-msix[%u](%s)", v, dev->bdf);
+			if (!strstr(line, name))
+				continue;
+			char *p = strchr(line, ':');
+			for (int c = 0; p && c < cpus; c++)
+				counts[v] += strtoul(p + 1, &p, 10);
+		}
+	}
+	fclose(f);
+	for (unsigned v = 0; v < dev->vectors; v++)
+		snprintf(text + strlen(text), sizeof text - strlen(text), "%s vector %u: %lu",
+			 v ? "," : "", v, counts[v]);
+	say("MSI-X interrupts taken by the guest kernel:%s", text);
+}
+
 static int parse_hex(const char *text, uint8_t *out, size_t max)
 {
 	size_t n = strlen(text);
@@ -597,6 +629,7 @@ int main(int argc, char **argv)
 				serve_pending(&dev);
 		say("served %ld requests", served);
 	}
+	report_interrupts(&dev);
 	say("done: %ld replies verified, %d failed, %ld requests served (%s)", replies, failures,
 	    served, failures ? "FAILED" : "ok");
 	return failures ? 1 : 0;
