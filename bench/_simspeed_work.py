@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ivhw.cosim.pci import pack, unpack
 from ivhw.hdl.pci.tlp import Completion, ReqKind, Request
 from ivhw.sw.pcicfg import BARS, CFG, CMD, MSIX_CAP
 from ivhw.sw.regmap import DOORBELL, FLAT_REGS, MSIX_ENTRY, PCI_REV1_REGS
@@ -59,18 +60,6 @@ BLOCKS = {"axil": "axi__", "wishbone": "wb__", "pci": ""}
 _SHM_WORD = 0x40  # byte offset of the shared-memory word written and read back
 # (kind, register?, write?) of the steady accesses, in turn
 _OPS = (("ivposition", False), ("doorbell", True), ("shm", True), ("shm", False))
-
-
-def _pack(layout: object, **fields: int) -> int:
-    value = 0
-    for name, field in layout:  # type: ignore[attr-defined]
-        value |= (fields.get(name, 0) & ((1 << field.width) - 1)) << field.offset
-    return value
-
-
-def _field(layout: object, name: str, value: int) -> int:
-    field = layout[name]  # type: ignore[index]
-    return (value >> field.offset) & ((1 << field.width) - 1)
 
 
 class Workload:
@@ -222,7 +211,7 @@ class Workload:
             s(changes, "wb__cyc", 1)
             s(changes, "wb__stb", 1)
         else:
-            payload = _pack(Request, kind=kind.value, addr=addr, be=be, data=data)
+            payload = pack(Request, kind=kind.value, addr=addr, be=be, data=data)
             s(changes, "req__payload", payload)
             s(changes, "req__valid", 1)
         self._state = "addr"
@@ -268,7 +257,7 @@ class Workload:
                 s(changes, "req__valid", 0)
                 self._state = "resp"
             elif self._state == "resp" and cpl_valid:
-                self._done(_field(Completion, "data", cpl_payload))
+                self._done(unpack(Completion, cpl_payload, "data"))
         if self._state == "idle" and self._cycle >= self._next_start:
             self._next_start = self._cycle + PERIOD
             self._start(changes)

@@ -55,7 +55,7 @@ from cocotb.triggers import RisingEdge
 from ..sw.peer import Doorbell, Peer, ServerGone
 from ..sw.regmap import DOORBELL, FLAT_REGS, MAX_VECTORS, PCI_REV1_REGS
 from .guest_api import BusError, Guest, GuestFunction
-from .pci import MSI_DATA_BASE, TransactionError, TransactionPort, enumerate_endpoint
+from .pci import TransactionError, TransactionPort, enumerate_endpoint, msi_vector
 from .session import (
     STATUS_FAILED,
     STATUS_OK,
@@ -594,7 +594,7 @@ class Bridge:
             active = True
             if not self._msi_stall or self._msi_taken():  # else held by the stall hook
                 if self._msi_payload is not None:
-                    vector = ((int(self._msi_payload(), 2) >> 64) & 0xFFFF_FFFF) - MSI_DATA_BASE
+                    vector = msi_vector(int(self._msi_payload(), 2))
                     stats["msix"][vector] = stats["msix"].get(vector, 0) + 1
                 self._unsignalled = max(0, self._unsignalled - 1)
                 self._irqs += 1

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..hdl.pci.tlp import Completion, CplStatus, MsiMessage, ReqKind, Request
 from ..sw.pcicfg import BARS, CFG, CMD, DEVICE_ID, MSIX_CAP, VENDOR_ID
 from ..sw.regmap import MSIX_BAR, MSIX_ENTRY
 
@@ -26,6 +27,9 @@ __all__ = [
     "TransactionError",
     "TransactionPort",
     "enumerate_endpoint",
+    "msi_vector",
+    "pack",
+    "unpack",
 ]
 
 #: Where the firmware points every MSI-X entry (x86's interrupt window).
@@ -37,9 +41,24 @@ _BAR0_BASE = 0xFE00_0000
 _BAR1_BASE = 0xFE00_1000
 _BAR2_BASE = 0x1_0000_0000
 
-# Request / completion / MSI layouts (ivhw.hdl.pci.tlp), LSB first.
-_KIND_CFG_READ, _KIND_CFG_WRITE, _KIND_MEM_READ, _KIND_MEM_WRITE = range(4)
-_REQ_ADDR, _REQ_BE, _REQ_DATA = 2, 66, 70
+
+def pack(layout: Any, **fields: int) -> int:
+    """The integer of a ``layout`` (``ivhw.hdl.pci.tlp``) with ``fields``, the rest 0."""
+    value = 0
+    for name, fld in layout:
+        value |= (fields.get(name, 0) & ((1 << fld.width) - 1)) << fld.offset
+    return value
+
+
+def unpack(layout: Any, value: int, name: str) -> int:
+    """Field ``name`` of the integer ``value`` laid out as ``layout``."""
+    fld = layout[name]
+    return (value >> fld.offset) & ((1 << fld.width) - 1)
+
+
+def msi_vector(payload: int) -> int:
+    """The vector of an MSI-X message on the ``msi`` port, as the firmware programmed it."""
+    return unpack(MsiMessage, payload, "data") - MSI_DATA_BASE
 
 
 class TransactionError(Exception):
@@ -81,12 +100,7 @@ class TransactionPort:
     async def request(self, kind: int, addr: int, be: int = 0xF, data: int = 0) -> int:
         """Issue one request; the completion's data (``TransactionError`` on UR)."""
         tick = self._tick
-        self._req_payload.value = (
-            kind
-            | (addr & ~3) << _REQ_ADDR
-            | (be & 0xF) << _REQ_BE
-            | (data & 0xFFFF_FFFF) << _REQ_DATA
-        )
+        self._req_payload.value = pack(Request, kind=kind, addr=addr & ~3, be=be, data=data)
         self._req_valid.value = 1
         while True:
             await tick()
@@ -98,25 +112,25 @@ class TransactionPort:
             if self._cpl_valid() == "1":
                 break
         payload = int(self._cpl_payload(), 2)
-        if payload & 1:
+        if unpack(Completion, payload, "status") == CplStatus.UR.value:
             raise TransactionError(f"request {kind} at {addr:#x} answered Unsupported Request")
-        return (payload >> 1) & 0xFFFF_FFFF
+        return unpack(Completion, payload, "data")
 
     async def cfg_read(self, offset: int) -> int:
         """Config dword at ``offset`` (rounded down to a dword)."""
-        return await self.request(_KIND_CFG_READ, offset)
+        return await self.request(ReqKind.CFG_READ.value, offset)
 
     async def cfg_write(self, offset: int, value: int, be: int = 0xF) -> None:
         """Config write of the bytes ``be`` enables in the dword at ``offset``."""
-        await self.request(_KIND_CFG_WRITE, offset, be, value)
+        await self.request(ReqKind.CFG_WRITE.value, offset, be, value)
 
     async def read(self, addr: int) -> int:
         """Memory read of the dword at bus address ``addr``."""
-        return await self.request(_KIND_MEM_READ, addr)
+        return await self.request(ReqKind.MEM_READ.value, addr)
 
     async def write(self, addr: int, value: int, strb: int = 0xF) -> None:
         """Memory write of the bytes ``strb`` enables at bus address ``addr``."""
-        await self.request(_KIND_MEM_WRITE, addr, strb, value)
+        await self.request(ReqKind.MEM_WRITE.value, addr, strb, value)
 
 
 async def _size_bar(port: TransactionPort, offset: int, is64: bool) -> int:
