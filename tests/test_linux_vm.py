@@ -241,3 +241,23 @@ def test_qemu_failing_is_one_clear_error(domain: Domain, guest: Guest, tmp_path:
     with vm, pytest.raises(VmError, match=r"(?s)QEMU exited before.*no-such-kernel"):
         vm.wait_line("IVPosition")
     assert not vm.running
+
+
+def test_initramfs_cli(guest: Guest, capsys: pytest.CaptureFixture[str]) -> None:
+    from ivhw.guest.initramfs import main
+
+    assert main([]) == 0
+    assert capsys.readouterr().out.split() == [
+        "kernel",
+        str(guest.kernel),
+        "initramfs",
+        str(guest.initramfs),
+    ]
+    assert main(["--list"]) == 0
+    assert guest.version in capsys.readouterr().out.split()
+    assert main(["--kernel-version", "0.0-none"]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        "ivhw.guest.initramfs: error: no kernel /boot/vmlinuz-0.0-none "
+        "(install Debian's linux-image-amd64: make setup)\n"
+    )
