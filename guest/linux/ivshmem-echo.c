@@ -458,6 +458,8 @@ static int request(struct device *dev, const struct options *opt, uint32_t targe
 			}
 			/* a doorbell to a peer that had not joined yet is dropped; the outbox is
 			 * the state, so ringing again is harmless */
+			say("request %ld: no reply after %.0f s, ringing peer %u again", n, t - start,
+			    target);
 			ring(dev, target, 0);
 			rering = t + 1.0;
 			continue;
