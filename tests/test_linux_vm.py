@@ -274,3 +274,18 @@ def test_bench_linux_rtt_smoke(guest: Guest, capsys: pytest.CaptureFixture[str])
     out = capsys.readouterr().out
     for row in ("simulated device", "host echo peer", "Linux VM A", "(host -> device)"):
         assert re.search(rf"^{re.escape(row)}\s+\d+\s+\d+\s+\d+\s+\d+", out, re.M), out
+
+
+def test_boot_a_given_kernel_image(domain: Domain, guest: Guest) -> None:
+    """docs/linux-guest.md's recipe for your own kernel: any image with the initramfs.
+
+    Here the image is Debian's compressed ``vmlinuz`` itself (a ``bzImage``, booted
+    through its decompressor) instead of the ``vmlinux`` the build unpacked.
+    """
+    image = Guest("bzImage", Path("/boot") / f"vmlinuz-{guest.version}", guest.initramfs)
+    host = domain.peer()
+    vm = domain.linux(image, ["--serve-count", "1"])
+    vm_id = wait_known(host, vm.peer_id)
+    vm.wait_serving()
+    check_echo(host, vm_id, b"to a bzImage-booted guest")
+    assert vm.wait() == 0, vm.console()
