@@ -193,11 +193,35 @@ def _key(version: str) -> str:
         digest.update(path.name.encode() + path.read_bytes())
     digest.update(layout_header().encode())
     digest.update(Path(__file__).read_bytes())
-    bb = _BUSYBOX.stat()
-    digest.update(f"{bb.st_size}:{bb.st_mtime_ns}".encode())
-    image = (Path("/boot") / f"vmlinuz-{version}").stat()
-    digest.update(f"{image.st_size}:{image.st_mtime_ns}".encode())
+    digest.update(_stamp(_BUSYBOX).encode())
     return digest.hexdigest()[:12]
+
+
+def _stamp(path: Path) -> str:
+    info = path.stat()
+    return f"{info.st_size}:{info.st_mtime_ns}"
+
+
+def _kernel(version: str, root: Path) -> Path:
+    """The ELF ``vmlinux`` of ``/boot/vmlinuz-VERSION``, unpacked once per image; or the image.
+
+    Kept apart from the initramfs builds (it is 60+ MB), keyed by the image alone.
+    """
+    image = Path("/boot") / f"vmlinuz-{version}"
+    key = f"kernel-{version}-{hashlib.sha256(_stamp(image).encode()).hexdigest()[:12]}"
+    vmlinux, not_elf = root / key / "vmlinux", root / key / "not-elf"
+    if not (vmlinux.exists() or not_elf.exists()):
+        with _locked(root / f"{key}.lock"):
+            if not (vmlinux.exists() or not_elf.exists()):
+                (root / key).mkdir(parents=True, exist_ok=True)
+                elf = unpack_kernel(image.read_bytes())
+                if elf is None:
+                    not_elf.write_text("no ELF kernel inside; QEMU boots the image itself\n")
+                else:
+                    scratch = vmlinux.with_suffix(".part")
+                    scratch.write_bytes(elf)
+                    os.rename(scratch, vmlinux)
+    return vmlinux if vmlinux.exists() else image
 
 
 def _require(version: str) -> None:
@@ -224,26 +248,14 @@ def build(version: str | None = None, root: Path | None = None) -> Guest:
     root = build_root() if root is None else root
     key = f"{version}-{_key(version)}"
     out = root / key / "initramfs.cpio.gz"
-    image = Path("/boot") / f"vmlinuz-{version}"
-    vmlinux = out.parent / "vmlinux"
-
-    def finished() -> Guest | None:
-        if not out.exists():
-            return None
-        return Guest(version, vmlinux if vmlinux.exists() else image, out)
-
-    guest = finished()
-    if guest is not None:
-        return guest
+    kernel = _kernel(version, root)
+    if out.exists():
+        return Guest(version, kernel, out)
     with _locked(root / f"{key}.lock"):
-        guest = finished()
-        if guest is not None:
-            return guest
+        if out.exists():
+            return Guest(version, kernel, out)
         scratch = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
         try:
-            elf = unpack_kernel(image.read_bytes())
-            if elf is not None:
-                (scratch / "vmlinux").write_bytes(elf)
             program = scratch / "ivshmem-echo"
             _compile(program)
             archive = _Cpio()
@@ -267,9 +279,7 @@ def build(version: str | None = None, root: Path | None = None) -> Guest:
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
-    guest = finished()
-    assert guest is not None
-    return guest
+    return Guest(version, kernel, out)
 
 
 def main(argv: list[str] | None = None) -> int:
