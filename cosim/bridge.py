@@ -240,7 +240,9 @@ class Bridge:
         self._bus_idle = SimEvent()
         self._stop_requested = False
         self._guest_waiting = False
-        self._no_guest = config.guest == "none"  # then the device is idle whenever quiet
+        # soc: the tile's CPU is the guest; it is idle while it sleeps (its `sleeping` port)
+        self._soc = config.device == "soc"
+        self._no_guest = config.guest == "none" and not self._soc  # idle whenever quiet
         self._wait_deadline: float | None = None
         self._irqs = 0
         self._irq_event = SimEvent()
@@ -263,6 +265,7 @@ class Bridge:
             # (seconds, cycles, wake time, ring time) from an eventfd wake to the next doorbell
             "wake_to_ring": [],
             "wake_to_irq": [],  # (seconds, cycles) from an eventfd wake to the interrupt
+            "console": [],  # soc: the lines the firmware printed on its UART
         }
 
     # -- interface for the guest -------------------------------------------------------------
@@ -312,6 +315,10 @@ class Bridge:
         pci = self.config.device == "pci"
         if pci:
             bus = _ServedBus(self, TransactionPort(dut, self.tick))
+        elif self._soc:
+            bus = None  # the tile's CPU drives its own bus
+            dut.uart_rx.value = 1
+            cocotb.start_soon(self._console())
         else:
             bus = _ServedBus(self, AxiLiteBus(dut, self.tick))  # drives AXI idle in reset
         dut.ident__id.value = peer.id
@@ -366,6 +373,24 @@ class Bridge:
         self._close_waiter()
         peer.close()
         return status, message
+
+    async def _console(self) -> None:
+        """Print the soc tile's UART output as ``[soc]`` lines (decoded by cocotbext-uart)."""
+        from cocotbext.uart import UartSink
+
+        from .build import SOC_BAUD
+
+        sink = UartSink(self.dut.uart_tx, baud=SOC_BAUD, bits=8, stop_bits=1)
+        line = bytearray()
+        while True:
+            for byte in await sink.read():
+                if byte != 0x0A:
+                    line.append(byte)
+                    continue
+                text = line.decode("ascii", errors="replace")
+                line.clear()
+                print(f"[soc] {text}", flush=True)
+                self._sample("console", text)
 
     async def _run_guest(self, guest: Guest, function: GuestFunction) -> tuple[int, str]:
         try:
@@ -504,6 +529,11 @@ class Bridge:
             dut.msi__ready.value = int(not self._msi_stall)
             self._irq = _bit(dut.msi__valid)
             self._msi_payload = dut.msi__payload._handle.get_signal_val_binstr
+        elif self._soc:
+            self._irq = lambda: "0"  # the tile's interrupt is its CPU's business
+            self._sleeping = _bit(dut.sleeping)
+            self._msi_payload = None
+            self._msi_stall = 0
         else:
             self._irq = _bit(dut.irq)
             self._msi_payload = None
@@ -623,6 +653,8 @@ class Bridge:
         if self._ev_driving:
             active = True
         self._quiet = 0 if active else self._quiet + 1
+        if self._soc:
+            self._guest_waiting = self._sleeping() == "1"
         if self._stop_requested:
             raise Stop(STATUS_OK, "stopped by a signal")
         # while the guest waits for an interrupt, its cycles are idle draining: look at the

@@ -20,7 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ __all__ = [
     "default_engine",
     "device_header",
     "runner_for",
+    "soc_image",
 ]
 
 #: Simulators the bridge runs on (cocotb runner names).
@@ -54,8 +55,8 @@ class DeviceKind:
 
     #: Verilog module name of the top
     toplevel: str
-    #: builds the Amaranth top from (vectors, shm_size)
-    make: Callable[[int, int], object]
+    #: builds the Amaranth top from (vectors, shm_size[, firmware image])
+    make: Callable[..., object]
     #: the CPU-side port the bridge drives: ``axil`` (AXI4-Lite), ``pci`` (transaction
     #: port and MSI-X), ``none`` (a CPU inside runs firmware; only the transport is outside)
     bus: str
@@ -75,10 +76,60 @@ def _pci_top(vectors: int, shm_size: int) -> object:
     return IvshmemPci(vectors=vectors, shm_size=shm_size)
 
 
+#: The SoC tile's clock in co-simulation: the bridge's 10 ns clock.
+SOC_CLOCK_HZ = 100_000_000
+#: Its UART bit rate there: 8 clocks per bit keeps the console cheap to simulate.
+SOC_BAUD = SOC_CLOCK_HZ // 8
+
+
+def _soc_top(vectors: int, shm_size: int, firmware: bytes) -> object:
+    from ..boards.soc import Tile
+
+    return Tile(firmware, vectors=vectors, shm_size=shm_size, clock_hz=SOC_CLOCK_HZ,
+                baud=SOC_BAUD)  # fmt: skip
+
+
+def soc_image(
+    firmware: str, shm_size: int, options: Iterable[tuple[str, str]], root: Path
+) -> bytes:
+    """The soc tile's RAM image: built-in ``firmware`` built with ``options`` or an ELF file.
+
+    ``options`` are ``(name, value)`` pairs of :class:`ivhw.boards.firmware.FirmwareConfig`
+    fields (``--guest-arg``). ``ValueError`` with one line when anything is wrong.
+    """
+    import dataclasses
+
+    from ..boards.firmware import BUILTIN, FirmwareConfig, FirmwareError, load_elf
+    from ..boards.firmware import build as build_firmware
+
+    fields = {field.name for field in dataclasses.fields(FirmwareConfig)}
+    values: dict[str, int] = {}
+    for key, value in options:
+        if key not in fields:
+            raise ValueError(f"no firmware option {key!r}; choose from {', '.join(sorted(fields))}")
+        try:
+            values[key] = int(value, 0)
+        except ValueError:
+            raise ValueError(f"firmware option {key} must be an integer, not {value!r}") from None
+    try:
+        config = FirmwareConfig(shm_size=shm_size, **values)
+        if firmware in BUILTIN:
+            return build_firmware(firmware, config, root).image
+        if not os.path.isfile(firmware):
+            raise ValueError(
+                f"--firmware must be {', '.join(BUILTIN)} or an ELF file, not {firmware!r}"
+            )
+        return load_elf(Path(firmware), config.ram_size)
+    except FirmwareError as error:
+        raise ValueError(str(error)) from None
+
+
 #: Device kinds ``ivshmem-cosim --device`` accepts.
 DEVICES: dict[str, DeviceKind] = {
     "flat": DeviceKind("ivshmem_flat_axil", _flat_top, "axil"),
     "pci": DeviceKind("ivshmem_pci", _pci_top, "pci"),
+    # a RISC-V tile (ivhw.boards) running C firmware that drives an ivshmem-flat device
+    "soc": DeviceKind("ivshmem_soc_tile", _soc_top, "none"),
 }
 
 
@@ -126,8 +177,9 @@ def build_root() -> Path:
 
 def _sources_hash(engine: str) -> str:
     digest = hashlib.sha256()
-    for path in sorted(_HDL_DIR.rglob("*.py")):
-        digest.update(path.relative_to(_HDL_DIR).as_posix().encode())
+    root = _HDL_DIR.parent
+    for path in sorted([*_HDL_DIR.rglob("*.py"), *(root / "boards").glob("*.py")]):
+        digest.update(path.relative_to(root).as_posix().encode())
         digest.update(path.read_bytes())
     for shared in ("regmap.py", "pcicfg.py"):  # definitions the gateware is built from
         digest.update((_HDL_DIR.parent / "sw" / shared).read_bytes())
@@ -210,8 +262,12 @@ def build(
     waves: bool = False,
     root: Path | None = None,
     engine: str = "cocotb",
+    firmware: bytes | None = None,
 ) -> Build:
-    """Build (or reuse) ``device`` for ``sim``; raises ``ValueError`` on bad parameters."""
+    """Build (or reuse) ``device`` for ``sim``; raises ``ValueError`` on bad parameters.
+
+    ``firmware`` is the RAM image of the ``soc`` device (required for it, else unused).
+    """
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
     if sim not in SIMULATORS:
@@ -221,14 +277,23 @@ def build(
     if engine == "native" and sim != "verilator":
         raise ValueError(f"the native engine runs on Verilator only, not on {sim}")
     kind = DEVICES[device]
+    extra: tuple[bytes, ...] = ()
+    tag = ""
+    if device == "soc":
+        if engine != "cocotb":
+            raise ValueError("the soc device runs on the cocotb engine (--engine cocotb)")
+        if firmware is None:
+            raise ValueError("the soc device needs a firmware image")
+        extra = (firmware,)
+        tag = "-fw" + hashlib.sha256(firmware).hexdigest()[:12]
     prefix = "native" if engine == "native" else sim
     key = (
-        f"{device}-{prefix}-v{vectors}-s{shm_size}{'-waves' if waves else ''}-"
+        f"{device}-{prefix}-v{vectors}-s{shm_size}{tag}{'-waves' if waves else ''}-"
         f"{_sources_hash(engine)}"
     )
     build_dir = (build_root() if root is None else root) / key
     # the parameters are checked before anything is built (ValueError/TypeError)
-    top = None if (build_dir / ".built").exists() else kind.make(vectors, shm_size)
+    top = None if (build_dir / ".built").exists() else kind.make(vectors, shm_size, *extra)
 
     def convert() -> str:
         from amaranth.back import verilog

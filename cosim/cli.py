@@ -1,9 +1,15 @@
 """``ivshmem-cosim``: run a simulated ivshmem device as a peer of a real ivshmem domain.
 
-    ivshmem-cosim --socket PATH --device {flat,pci} --sim {icarus,verilator}
+    ivshmem-cosim --socket PATH --device {flat,pci,soc} --sim {icarus,verilator}
                   [--engine {native,cocotb}] [--vectors N] [--shm-size SIZE]
-                  [--guest NAME|module:function] [--guest-arg KEY=VALUE ...]
-                  [--waves FILE] [--seconds S]
+                  [--guest NAME|module:function] [--firmware echo|ping|PATH.elf]
+                  [--guest-arg KEY=VALUE ...] [--waves FILE] [--seconds S]
+
+``--device soc`` is a RISC-V tile (:mod:`ivhw.boards.soc`) whose C firmware drives
+its ivshmem-flat device: no Python guest runs, the firmware does (built-in ``echo``
+or ``ping``, built with the ``--guest-arg`` options of
+:class:`ivhw.boards.firmware.FirmwareConfig`, or an ELF file), on the cocotb engine;
+its console appears in the transcript as ``[soc]`` lines.
 
 The device is converted to Verilog and compiled once per parameter set (cached
 under ``build/cosim``, see :mod:`ivhw.cosim.build`), then run by one of two
@@ -78,8 +84,12 @@ def _parser() -> argparse.ArgumentParser:
         help="the server's shared-memory size: 4096, 0x1000, 64K, 4M (default 4M)",
     )  # fmt: skip
     parser.add_argument(
-        "--guest", default="echo",
+        "--guest", default=None,
         help="built-in guest (echo, ping), none, or module:function (default echo)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--firmware", default="echo", metavar="echo|ping|PATH.elf",
+        help="--device soc: the tile's firmware (default echo; --guest-arg sets its options)",
     )  # fmt: skip
     parser.add_argument(
         "--guest-arg", type=_guest_arg, action="append", default=[], metavar="KEY=VALUE",
@@ -114,6 +124,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not os.path.exists(args.socket):
         print(f"{prog}: error: no ivshmem server socket at {args.socket}", file=sys.stderr)
         return 2
+    firmware = None
+    if args.device == "soc":
+        # the tile's CPU runs the firmware: no Python guest, and the cocotb engine (the
+        # bridge decodes the tile's console)
+        if args.guest not in (None, "none"):
+            print(f"{prog}: error: --device soc runs its --firmware, not a Python --guest",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        args.guest = "none"
+        try:
+            root = (args.build_dir or builds.build_root()) / "firmware"
+            firmware = builds.soc_image(args.firmware, args.shm_size, args.guest_arg, root)
+        except ValueError as error:
+            print(f"{prog}: error: {error}", file=sys.stderr)
+            return 2
+    elif args.guest is None:
+        args.guest = "echo"
     try:
         from .session import load_guest
 
@@ -121,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
-    engine = args.engine or builds.default_engine(args.sim)
+    engine = args.engine or ("cocotb" if args.device == "soc" else builds.default_engine(args.sim))
     try:
         built = builds.build(
             args.device,
@@ -131,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             waves=args.waves is not None,
             root=args.build_dir,
             engine=engine,
+            firmware=firmware,
         )
     except (TypeError, ValueError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)

@@ -29,6 +29,8 @@ class CosimProcess:
         Prefix of those files.
     sim, engine, device, vectors, shm_size, guest, guest_args, waves, seconds, poll_cycles
         ``ivshmem-cosim`` options (``engine=None``: the simulator's default).
+    firmware : str
+        ``--firmware`` of ``device="soc"`` (which runs no guest).
 
     Attributes
     ----------
@@ -49,6 +51,7 @@ class CosimProcess:
         shm_size: int = 4 << 20,
         guest: str = "echo",
         guest_args: dict[str, object] | None = None,
+        firmware: str = "echo",
         waves: str | os.PathLike[str] | None = None,
         seconds: float | None = None,
         poll_cycles: int | None = None,
@@ -64,11 +67,13 @@ class CosimProcess:
             "--sim", sim,
             "--vectors", str(vectors),
             "--shm-size", str(shm_size),
-            "--guest", guest,
+            "--guest", "none" if device == "soc" else guest,
             "--status", os.fspath(self.status_path),
         ]  # fmt: skip
         if engine is not None:
             self.args += ["--engine", engine]
+        if device == "soc":
+            self.args += ["--firmware", firmware]
         for key, value in (guest_args or {}).items():
             self.args += ["--guest-arg", f"{key}={value}"]
         if waves is not None:

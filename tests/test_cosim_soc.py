@@ -1,0 +1,99 @@
+"""The SoC tile (sentinel-cpu + C firmware + ivshmem-flat) as a peer of a real domain.
+
+``ivshmem-cosim --device soc`` runs the tile on Icarus and Verilator; its firmware,
+not a Python guest, drives the device. The echo firmware answers a host peer and a
+QEMU 7.2 VM; the ping firmware finds a host echo peer and prints its round trips,
+which the test checks byte for byte from the console lines in the bridge's status.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from qemu_domain import Domain
+from support import require_tool
+from test_cosim import SHM_SIZE, VECTORS, Target, check_echo, device_id, domain, start_device
+
+from ivhw.cosim.build import build, build_root, soc_image
+from ivhw.cosim.demo import qemu_echo_request
+from ivhw.sw import echo
+from ivhw.sw.peer import PeerJoined
+
+__all__ = ["domain"]  # fixtures used here
+
+SIMS = [
+    pytest.param("icarus", marks=pytest.mark.icarus),
+    pytest.param("verilator", marks=pytest.mark.verilator),
+]
+PINGS = 3
+PING_OPTIONS = {"ping_count": PINGS, "ping_gap": 200}
+_PING_LINE = re.compile(r"ping seq=(\d+) peer=(\d+) rtt=(\d+) cycles reply=([0-9a-f]+) (ok|BAD)")
+
+
+def _prebuild(sim: str, firmware: str, options: dict[str, int]) -> None:
+    """Build as the CLI will, so the device joins within the tests' join timeout."""
+    require_tool("riscv64-unknown-elf-gcc")
+    require_tool("iverilog" if sim == "icarus" else "g++")
+    pairs = [(key, str(value)) for key, value in options.items()]
+    image = soc_image(firmware, SHM_SIZE, pairs, build_root() / "firmware")
+    build("soc", sim, vectors=VECTORS, shm_size=SHM_SIZE, firmware=image)
+
+
+@pytest.fixture(params=SIMS)
+def soc(request: pytest.FixtureRequest) -> Target:
+    _prebuild(request.param, "echo", {})
+    return Target(request.param, "soc")
+
+
+def test_echo_firmware_answers_host_and_qemu(domain: Domain, tmp_path: Path, soc: Target) -> None:
+    require_tool("qemu-system-x86_64")
+    device = start_device(domain, tmp_path, soc, firmware="echo")
+    host = domain.peer()
+    target = device_id(host)
+    vm = domain.qemu()
+    host.wait(PeerJoined, timeout=10)
+    for payload in (b"from QEMU", bytes(range(56)), b"z"):
+        reply = qemu_echo_request(vm, target, payload)
+        assert reply.source == target
+        assert reply.payload == echo.invert(payload)
+        check_echo(host, target, payload[::-1], device)  # the host in between
+    assert device.stop() == 0, device.output()
+    status = device.status()
+    assert status["stats"]["doorbells"] == 6
+    assert status["stats"]["doorbells_lost"] == 0
+    assert f"echo: peer {target} serving requesters 0..15" in status["stats"]["console"]
+    assert f"[soc] echo: peer {target}" in device.output()  # the console is in the transcript
+
+
+@pytest.mark.parametrize("sim", SIMS)
+def test_ping_firmware_measures_round_trips(domain: Domain, tmp_path: Path, sim: str) -> None:
+    _prebuild(sim, "ping", PING_OPTIONS)
+    responder = echo.EchoResponder(domain.peer())
+    stop = time.monotonic() + 120
+    thread = threading.Thread(target=responder.run, args=(stop,), daemon=True)
+    thread.start()
+    device = start_device(
+        domain, tmp_path, Target(sim, "soc"), firmware="ping", guest_args=PING_OPTIONS
+    )
+    deadline = time.monotonic() + 90
+    while "ping: done" not in device.output():
+        assert device.poll() is None, device.output()
+        assert time.monotonic() < deadline, device.output()
+        time.sleep(0.1)
+    assert device.stop() == 0, device.output()
+    console = device.status()["stats"]["console"]
+    pings = [m for m in map(_PING_LINE.fullmatch, console) if m]
+    assert [int(m[1]) for m in pings] == list(range(1, PINGS + 1)), console
+    for match in pings:
+        seq, peer, rtt, reply, verdict = match.groups()
+        assert int(peer) == responder.peer.id
+        assert 0 < int(rtt) < 1_000_000
+        expected = echo.invert(b"ping" + int(seq).to_bytes(4, "little"))
+        assert bytes.fromhex(reply) == expected, console
+        assert verdict == "ok"
+    assert f"ping: {PINGS} sent, {PINGS} answered" in console[-2], console
+    assert responder.served == PINGS + 1  # and the probe that found the echo peer
