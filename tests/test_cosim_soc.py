@@ -46,7 +46,7 @@ def _prebuild(sim: str, firmware: str, options: dict[str, int]) -> None:
 @pytest.fixture(params=SIMS)
 def soc(request: pytest.FixtureRequest) -> Target:
     _prebuild(request.param, "echo", {})
-    return Target(request.param, "soc")
+    return Target(request.param, "cocotb", "soc")
 
 
 def test_echo_firmware_answers_host_and_qemu(domain: Domain, tmp_path: Path, soc: Target) -> None:
@@ -77,7 +77,7 @@ def test_ping_firmware_measures_round_trips(domain: Domain, tmp_path: Path, sim:
     thread = threading.Thread(target=responder.run, args=(stop,), daemon=True)
     thread.start()
     device = start_device(
-        domain, tmp_path, Target(sim, "soc"), firmware="ping", guest_args=PING_OPTIONS
+        domain, tmp_path, Target(sim, "cocotb", "soc"), firmware="ping", guest_args=PING_OPTIONS
     )
     deadline = time.monotonic() + 90
     while "ping: done" not in device.output():
