@@ -17,6 +17,7 @@ from support import require_tool
 from test_cosim import Target, check_echo, device_id, domain, sim, start_device
 
 from ivhw.cosim.demo import qemu_echo_request
+from ivhw.cosim.process import CosimProcess
 from ivhw.sw import echo
 from ivhw.sw.peer import PeerJoined
 
@@ -25,9 +26,8 @@ __all__ = ["domain", "sim"]  # fixtures used here
 pytestmark = pytest.mark.qemu
 
 
-def test_qemu_peer_echo(domain: Domain, tmp_path: Path, sim: Target) -> None:
-    require_tool("qemu-system-x86_64")
-    device = start_device(domain, tmp_path, sim)
+def echo_qemu_and_host(domain: Domain, device: CosimProcess) -> int:
+    """A QEMU VM and a host peer each send the echo device three requests; its peer ID."""
     host = domain.peer()
     target = device_id(host)
     vm = domain.qemu()
@@ -37,7 +37,14 @@ def test_qemu_peer_echo(domain: Domain, tmp_path: Path, sim: Target) -> None:
         assert reply.source == target
         assert reply.payload == echo.invert(payload)
         # the host peer is served in between, by the same simulated hardware
-        check_echo(host, target, payload[::-1])
+        check_echo(host, target, payload[::-1], device)
+    return target
+
+
+def test_qemu_peer_echo(domain: Domain, tmp_path: Path, sim: Target) -> None:
+    require_tool("qemu-system-x86_64")
+    device = start_device(domain, tmp_path, sim)
+    echo_qemu_and_host(domain, device)
     assert device.stop() == 0, device.output()
     assert device.status()["stats"]["doorbells"] == 6
 

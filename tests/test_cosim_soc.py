@@ -16,12 +16,11 @@ from pathlib import Path
 import pytest
 from qemu_domain import Domain
 from support import require_tool
-from test_cosim import SHM_SIZE, VECTORS, Target, check_echo, device_id, domain, start_device
+from test_cosim import SHM_SIZE, VECTORS, Target, domain, start_device
+from test_cosim_qemu import echo_qemu_and_host
 
 from ivhw.cosim.build import build, build_root, soc_image
-from ivhw.cosim.demo import qemu_echo_request
 from ivhw.sw import echo
-from ivhw.sw.peer import PeerJoined
 
 __all__ = ["domain"]  # fixtures used here
 
@@ -52,15 +51,7 @@ def soc(request: pytest.FixtureRequest) -> Target:
 def test_echo_firmware_answers_host_and_qemu(domain: Domain, tmp_path: Path, soc: Target) -> None:
     require_tool("qemu-system-x86_64")
     device = start_device(domain, tmp_path, soc, firmware="echo")
-    host = domain.peer()
-    target = device_id(host)
-    vm = domain.qemu()
-    host.wait(PeerJoined, timeout=10)
-    for payload in (b"from QEMU", bytes(range(56)), b"z"):
-        reply = qemu_echo_request(vm, target, payload)
-        assert reply.source == target
-        assert reply.payload == echo.invert(payload)
-        check_echo(host, target, payload[::-1], device)  # the host in between
+    target = echo_qemu_and_host(domain, device)
     assert device.stop() == 0, device.output()
     status = device.status()
     assert status["stats"]["doorbells"] == 6
