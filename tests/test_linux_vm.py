@@ -160,15 +160,23 @@ def test_linux_vm_and_host_peer(domain: Domain, guest: Guest) -> None:
 
 
 def test_two_linux_vms(domain: Domain, guest: Guest) -> None:
-    """Two booted guests through one server: one serves, the other sends."""
+    """Two booted guests through one server: one serves, the other sends.
+
+    The sender takes BAR0 through read/write on the VFIO device (``--bar0-rw``), the
+    path for a BAR0 that vfio-pci cannot map; the server maps it.
+    """
     server = domain.linux(guest, ["--serve-count", "4"])
-    client = domain.linux(guest, ["--target", str(server.peer_id), "--count", "4", "--size", "33"])
+    client = domain.linux(
+        guest, ["--target", str(server.peer_id), "--count", "4", "--size", "33", "--bar0-rw"]
+    )
     assert client.wait() == 0, client.console()
     assert server.wait() == 0, server.console()
     replies = client.replies()
     assert len(replies) == 4 and all(r.ok and r.source == server.peer_id for r in replies)
     # each reply came as its own MSI-X message, through the guest kernel
     assert client.interrupts() == {0: 4, 1: 0}, client.console()
+    assert "BAR0 256 bytes (through read/write on the VFIO device)" in client.console()
+    assert "BAR0 256 bytes, BAR2 1048576 bytes" in server.console()
     assert server.console().count(f"served 33 bytes from peer {client.peer_id}") == 4
 
 

@@ -49,8 +49,9 @@
 struct device {
 	char bdf[256];
 	int container, group, fd;
-	volatile uint32_t *regs;
+	volatile uint32_t *regs; /* NULL: BAR0 through pread/pwrite at regs_offset */
 	size_t regs_size;
+	off_t regs_offset;
 	volatile uint8_t *shm;
 	size_t shm_size;
 	unsigned vectors;
@@ -68,6 +69,7 @@ struct options {
 	int npayloads;
 	double timeout;
 	int serve;
+	int bar0_rw;          /* BAR0 through read/write even where it could be mapped */
 	double serve_for;     /* < 0: until serve_count or forever */
 	long serve_count;     /* < 0: no limit */
 };
@@ -187,22 +189,51 @@ static void bind_vfio(const struct device *dev)
 		    "-device intel-iommu,intremap=on)", dev->bdf);
 }
 
-static volatile void *map_region(struct device *dev, unsigned index, size_t *size)
+/*
+ * mmap a BAR through VFIO. vfio-pci refuses to map a BAR smaller than a page that
+ * does not start on a page boundary; with `fallback` that returns NULL (and the
+ * region's file offset) so that the caller uses pread/pwrite instead.
+ */
+static volatile void *map_region(struct device *dev, unsigned index, size_t *size,
+				 off_t *offset, int fallback)
 {
 	struct vfio_region_info info = { .argsz = sizeof info, .index = index };
 	if (ioctl(dev->fd, VFIO_DEVICE_GET_REGION_INFO, &info))
 		die("VFIO_DEVICE_GET_REGION_INFO(BAR%u): %s", index, strerror(errno));
 	if (!info.size)
 		die("BAR%u is not implemented", index);
-	if (!(info.flags & VFIO_REGION_INFO_FLAG_MMAP))
+	*size = info.size;
+	if (offset)
+		*offset = info.offset;
+	if (!(info.flags & VFIO_REGION_INFO_FLAG_MMAP)) {
+		if (fallback)
+			return NULL;
 		die("vfio-pci cannot mmap BAR%u (%llu bytes)", index, (unsigned long long)info.size);
+	}
 	long page = sysconf(_SC_PAGESIZE);
 	size_t length = (info.size + page - 1) & ~(size_t)(page - 1);
 	void *p = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_SHARED, dev->fd, info.offset);
 	if (p == MAP_FAILED)
 		die("mmap BAR%u: %s", index, strerror(errno));
-	*size = info.size;
 	return p;
+}
+
+static uint32_t reg_read(const struct device *dev, unsigned off)
+{
+	uint32_t value;
+	if (dev->regs)
+		return dev->regs[off / 4];
+	if (pread(dev->fd, &value, 4, dev->regs_offset + off) != 4)
+		die("reading BAR0 at %#x: %s", off, strerror(errno));
+	return value;
+}
+
+static void reg_write(const struct device *dev, unsigned off, uint32_t value)
+{
+	if (dev->regs)
+		dev->regs[off / 4] = value;
+	else if (pwrite(dev->fd, &value, 4, dev->regs_offset + off) != 4)
+		die("writing BAR0 at %#x: %s", off, strerror(errno));
 }
 
 static void config_update(struct device *dev, uint16_t set)
@@ -246,7 +277,7 @@ static void setup_msix(struct device *dev)
 	free(set);
 }
 
-static void open_device(struct device *dev, const char *want)
+static void open_device(struct device *dev, const char *want, int bar0_rw)
 {
 	char path[PATH_MAX], link[PATH_MAX];
 	find_device(dev, want);
@@ -280,15 +311,21 @@ static void open_device(struct device *dev, const char *want)
 	if (dev->fd < 0)
 		die("VFIO_GROUP_GET_DEVICE_FD(%s): %s", dev->bdf, strerror(errno));
 
-	dev->regs = map_region(dev, VFIO_PCI_BAR0_REGION_INDEX, &dev->regs_size);
-	dev->shm = map_region(dev, VFIO_PCI_BAR2_REGION_INDEX, &dev->shm_size);
+	dev->regs = map_region(dev, VFIO_PCI_BAR0_REGION_INDEX, &dev->regs_size,
+			       &dev->regs_offset, 1);
+	if (bar0_rw && dev->regs) {
+		munmap((void *)dev->regs, sysconf(_SC_PAGESIZE));
+		dev->regs = NULL;
+	}
+	dev->shm = map_region(dev, VFIO_PCI_BAR2_REGION_INDEX, &dev->shm_size, NULL, 0);
 	/* memory decoding, and bus mastering: without it the device's MSI-X writes are dropped */
 	config_update(dev, PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER);
 	setup_msix(dev);
-	dev->id = dev->regs[IVSHMEM_IVPOSITION / 4];
+	dev->id = reg_read(dev, IVSHMEM_IVPOSITION);
 	say("device %s (1af4:1110) on vfio-pci, IOMMU group %s", dev->bdf, group);
-	say("BAR0 %zu bytes, BAR2 %zu bytes of shared memory, %u MSI-X vectors",
-	    dev->regs_size, dev->shm_size, dev->vectors);
+	say("BAR0 %zu bytes%s, BAR2 %zu bytes of shared memory, %u MSI-X vectors",
+	    dev->regs_size, dev->regs ? "" : " (through read/write on the VFIO device)",
+	    dev->shm_size, dev->vectors);
 	if (dev->id == 0xffffffffu)
 		die("IVPosition is FFFFFFFFh: the device has no peer ID (no server?)");
 	say("IVPosition %u", dev->id);
@@ -309,8 +346,8 @@ static void shm_write32(struct device *dev, size_t off, uint32_t value)
 static void ring(struct device *dev, uint32_t peer, uint32_t vector)
 {
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);
-	dev->regs[IVSHMEM_DOORBELL / 4] =
-		(peer << DOORBELL_PEER_SHIFT) | (vector << DOORBELL_VECTOR_SHIFT);
+	reg_write(dev, IVSHMEM_DOORBELL,
+		  (peer << DOORBELL_PEER_SHIFT) | (vector << DOORBELL_VECTOR_SHIFT));
 }
 
 static size_t outbox(uint32_t peer) { return ECHO_OUTBOX_BASE + ECHO_SLOT_SIZE * peer; }
@@ -493,7 +530,7 @@ static void usage(FILE *out)
 	fprintf(out,
 		"usage: " PROG " [--device BDF] [--target ID... [--count N] [--size BYTES]\n"
 		"       [--payload HEX]... [--timeout SECONDS]] [--serve [--serve-for SECONDS]\n"
-		"       [--serve-count N]]\n"
+		"       [--serve-count N]] [--bar0-rw]\n"
 		"Speaks the ivshmem echo protocol through an ivshmem-doorbell device on VFIO.\n"
 		"  --target ID       send echo requests to peer ID (each reply is checked; repeat\n"
 		"                    for several peers, one after the other); the first request\n"
@@ -504,7 +541,9 @@ static void usage(FILE *out)
 		"  --timeout S       seconds to wait for each reply (default 5)\n"
 		"  --serve           answer echo requests addressed to this peer\n"
 		"  --serve-for S     stop serving after S seconds (default: forever)\n"
-		"  --serve-count N   stop serving after N requests\n",
+		"  --serve-count N   stop serving after N requests\n"
+		"  --bar0-rw         access BAR0 with read/write on the VFIO device, not mmap (as\n"
+		"                    when vfio-pci cannot map it: not page-aligned)\n",
 		ECHO_MAX_PAYLOAD);
 }
 
@@ -533,6 +572,7 @@ int main(int argc, char **argv)
 		{ "serve", no_argument, 0, 'S' },
 		{ "serve-for", required_argument, 0, 'F' },
 		{ "serve-count", required_argument, 0, 'N' },
+		{ "bar0-rw", no_argument, 0, 'R' },
 		{ "help", no_argument, 0, 'h' },
 		{ 0 } };
 	int c;
@@ -564,6 +604,7 @@ int main(int argc, char **argv)
 		case 'S': opt.serve = 1; break;
 		case 'F': opt.serve_for = number(optarg, "--serve-for"); opt.serve = 1; break;
 		case 'N': opt.serve_count = number(optarg, "--serve-count"); opt.serve = 1; break;
+		case 'R': opt.bar0_rw = 1; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -589,7 +630,7 @@ int main(int argc, char **argv)
 	}
 
 	struct device dev = { 0 };
-	open_device(&dev, opt.bdf);
+	open_device(&dev, opt.bdf, opt.bar0_rw);
 	if (inbox(dev.id) + ECHO_SLOT_SIZE > dev.shm_size || dev.id >= ECHO_MAX_PEERS)
 		die("peer %u has no echo mailbox in %zu bytes of shared memory", dev.id, dev.shm_size);
 
