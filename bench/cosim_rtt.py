@@ -260,9 +260,10 @@ def _wake(target: Target, sock: Path, tmp: Path, count: int, gap: float) -> list
             host.wait(Doorbell, timeout=120)  # the guest is ready
             rings = []
             for _ in range(count):
-                time.sleep(gap)
+                time.sleep(gap)  # the device is asleep in epoll again
                 rings.append(time.perf_counter())
                 host.ring(target_id, 0)
+                host.wait(Doorbell, timeout=30)  # seen
             if device.wait(60) != 0:
                 raise RuntimeError(f"the wake guest failed:\n{device.output()}")
         finally:

@@ -21,7 +21,8 @@ host peer, a shared-memory word write and its read back. Rows, in one run:
   Python on every clock edge (the engine before this one).
 
 Rates are cycles of the access loop alone over its wall time, measured inside
-the process that simulates; the tables say how many cycles each row ran.
+the process that simulates, and over that process's CPU time (which a loaded,
+shared machine does not inflate); the tables say how many cycles each row ran.
 """
 
 from __future__ import annotations
@@ -71,21 +72,25 @@ def _in_process(library: Path, sock: Path, accesses: int) -> dict[str, dict[str,
         engine = Engine(library)
         engine.attach(device, poll_cycles=8)
         engine.reset()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         bad = engine.bench_accesses(ops, accesses)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         stats = engine.statistics()
         if bad or stats["doorbells"] != accesses // len(ops):
             raise RuntimeError(f"the native accesses went wrong: {bad} failed, {stats}")
-        results["native"] = {"cycles": engine.cycles, "seconds": seconds}
+        results["native"] = {"cycles": engine.cycles, "seconds": seconds, "cpu_seconds": cpu}
         engine.close()
         bare = Engine(library)
         assert device.memory is not None
         bare.configure(device.memory, device.id)
         bare.reset()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         cycles = bare.bare_accesses(ops, accesses)
-        results["bare"] = {"cycles": cycles, "seconds": time.perf_counter() - start}
+        results["bare"] = {
+            "cycles": cycles,
+            "seconds": time.perf_counter() - start,
+            "cpu_seconds": time.process_time() - cpu,
+        }
         bare.close()
     return results
 
@@ -144,22 +149,25 @@ def main(argv: list[str] | None = None) -> int:
             )
         finally:
             server.stop()
-    bare_rate = (
-        rows["bare Verilator loop (C++)"]["cycles"] / rows["bare Verilator loop (C++)"]["seconds"]
-    )
+    bare = rows["bare Verilator loop (C++)"]
+    bare_rate = bare["cycles"] / bare["seconds"]
+    bare_cpu_rate = bare["cycles"] / bare["cpu_seconds"]
     print(
         f"flat device, a bus access every cycle (IVPosition read, Doorbell write, shared-memory "
         f"write, read back), Verilator, {os.cpu_count()} CPUs, load average "
         f"{os.getloadavg()[0]:.1f}"
     )
     print()
-    print("| engine | accesses | cycles | cycles/s | share of the bare loop |")
-    print("|---|--:|--:|--:|--:|")
+    print(
+        "| engine | accesses | cycles | cycles/s (wall) | share of the bare loop | "
+        "cycles per CPU-second | share of the bare loop |"
+    )
+    print("|---|--:|--:|--:|--:|--:|--:|")
     for name, row in rows.items():
-        rate = row["cycles"] / row["seconds"]
+        rate, cpu_rate = row["cycles"] / row["seconds"], row["cycles"] / row["cpu_seconds"]
         print(
             f"| {name} | {int(row['accesses'])} | {int(row['cycles'])} | {rate:,.0f} | "
-            f"{rate / bare_rate:.1%} |"
+            f"{rate / bare_rate:.1%} | {cpu_rate:,.0f} | {cpu_rate / bare_cpu_rate:.1%} |"
         )
     native_row = rows["native engine, accesses in C++"]
     native_rate = native_row["cycles"] / native_row["seconds"]
@@ -173,8 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         f"native engine: {native_rate / bare_rate:.1%} of the bare loop (target >= 25 %: "
-        f"{'ok' if share_ok else 'MISSED'}), {native_rate / 1e6:.2f}M cycles/s (target >= 2M: "
-        f"{'ok' if rate_ok else 'MISSED'}); Python guest: native {speedup:.1f}x the cocotb engine"
+        f"{'ok' if share_ok else 'MISSED'}), {native_rate / 1e6:.2f}M cycles/s wall (target >= "
+        f"2M: {'ok' if rate_ok else 'MISSED'}; per CPU-second "
+        f"{native_row['cycles'] / native_row['cpu_seconds'] / 1e6:.2f}M); Python guest: native "
+        f"{speedup:.1f}x the cocotb engine"
     )
     return 0 if share_ok and rate_ok else 1
 

@@ -60,6 +60,12 @@ class DeviceKind:
     #: the CPU-side port the bridge drives: ``axil`` (AXI4-Lite), ``pci`` (transaction
     #: port and MSI-X), ``none`` (a CPU inside runs firmware; only the transport is outside)
     bus: str
+    #: a device with a CPU inside: clock cycles per bit of its UART transmitter
+    #: (``uart_tx``, 8N1, decoded as the console; ``uart_rx`` is held idle), or 0
+    uart_cycles_per_bit: int = 0
+    #: whether the device has a ``sleeping`` output (its CPU waits for an interrupt):
+    #: the bridge may then sleep in epoll while the transport is quiet
+    sleeping: bool = False
 
 
 def _flat_top(vectors: int, shm_size: int) -> object:
@@ -199,7 +205,7 @@ def runner_for(sim: str) -> object:
     return get_runner(sim)
 
 
-def device_header(bus: str) -> str:
+def device_header(bus: str, uart_cycles_per_bit: int = 0, sleeping: bool = False) -> str:
     """``ivhw_device.h`` of the native engine: the device's bus and every field position.
 
     The positions come from the one definition of each word: the doorbell register
@@ -230,6 +236,10 @@ def device_header(bus: str) -> str:
             ]
     for kind in ReqKind:
         lines.append(f"#define IVHW_REQ_{kind.name} {kind.value}")
+    if uart_cycles_per_bit:
+        lines.append(f"#define IVHW_UART_CYCLES_PER_BIT {uart_cycles_per_bit}")
+    if sleeping:
+        lines.append("#define IVHW_HAS_SLEEPING 1")
     return "\n".join(lines) + "\n"
 
 
@@ -238,7 +248,8 @@ def _native_compiler(kind: DeviceKind, waves: bool) -> Callable[[Path, Path, Any
 
     def compile(scratch: Path, source: Path, log: Any) -> None:
         verilator = os.path.abspath(shutil.which("verilator") or "verilator")
-        (scratch / "ivhw_device.h").write_text(device_header(kind.bus))
+        header = device_header(kind.bus, kind.uart_cycles_per_bit, kind.sleeping)
+        (scratch / "ivhw_device.h").write_text(header)
         shutil.copy(_ENGINE_SOURCE, scratch / "engine.cpp")
         command = [
             verilator, "--cc", source.name, "--top-module", kind.toplevel, "--prefix", "Vtop",

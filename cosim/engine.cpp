@@ -29,8 +29,10 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <deque>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -161,6 +163,44 @@ struct Engine {
     uint64_t wake_cycle = 0, irq_mark_cycle = 0;
 
     ivhw_stats* stats = nullptr;
+
+#if defined(IVHW_UART_CYCLES_PER_BIT)
+    // the console: the device's UART transmitter (8N1), decoded here, one line at a time
+    uint64_t uart_count = 0;  // cycles to the next sample, 0: waiting for a start bit
+    int uart_bit = 0;         // bits sampled in this frame (0..8, 9: the stop bit)
+    uint32_t uart_byte = 0;
+    std::string uart_line;
+    std::vector<std::string> console;
+
+    void uart(bool tx) {
+        if (!uart_count) {
+            if (!tx) {  // start bit: sample the data bits in their middle
+                uart_count = IVHW_UART_CYCLES_PER_BIT + IVHW_UART_CYCLES_PER_BIT / 2;
+                uart_bit = 0;
+                uart_byte = 0;
+            }
+            return;
+        }
+        if (--uart_count) return;
+        if (uart_bit < 8) {
+            uart_byte |= uint32_t(tx) << uart_bit++;
+            uart_count = IVHW_UART_CYCLES_PER_BIT;
+            return;
+        }
+        // the stop bit's middle: the frame is done (a low stop bit is a framing error: dropped)
+        if (tx) {
+            if (uart_byte == '\n') {
+                std::printf("[soc] %s\n", uart_line.c_str());
+                std::fflush(stdout);
+                console.push_back(uart_line);
+                uart_line.clear();
+            } else if (uart_byte != '\r') {
+                uart_line.push_back(char(uart_byte));
+            }
+        }
+        uart_count = 0;
+    }
+#endif
 
 #if defined(IVHW_BUS_AXIL)
     bool s_awready = false, s_bvalid = false, s_arready = false, s_rvalid = false;
@@ -326,6 +366,12 @@ struct Engine {
         s_cpl = t->PORT(cpl, payload);
 #else
         bool irq = false;  // a firmware-driven device takes its interrupts inside
+#endif
+#if defined(IVHW_UART_CYCLES_PER_BIT)
+        uart(t->uart_tx);
+#endif
+#if defined(IVHW_HAS_SLEEPING)
+        guest_waiting = t->sleeping;  // the CPU inside waits for an interrupt
 #endif
         t->clk = 1;
         eval();
@@ -531,6 +577,9 @@ struct Engine {
         t->PORT(cpl, ready) = 1;
         t->PORT(msi, ready) = msi_stall ? 0 : 1;
 #endif
+#if defined(IVHW_UART_CYCLES_PER_BIT)
+        t->uart_rx = 1;  // an idle line
+#endif
     }
 
     // a plain clock edge, no transport (reset)
@@ -581,6 +630,26 @@ void ivhw_free(void* handle) {
 }
 
 int ivhw_traced(void) { return VM_TRACE; }
+
+// the console lines the device printed (a device with a UART), in order
+uint64_t ivhw_console_count(void* handle) {
+#if defined(IVHW_UART_CYCLES_PER_BIT)
+    return static_cast<Engine*>(handle)->console.size();
+#else
+    (void)handle;
+    return 0;
+#endif
+}
+
+const char* ivhw_console_line(void* handle, uint64_t index) {
+#if defined(IVHW_UART_CYCLES_PER_BIT)
+    return static_cast<Engine*>(handle)->console.at(index).c_str();
+#else
+    (void)handle;
+    (void)index;
+    return "";
+#endif
+}
 
 // SIGTERM and SIGINT stop the run at the next poll (Python's handlers would run only
 // when a call returns, and a sleeping engine would not return)
@@ -706,21 +775,23 @@ uint64_t ivhw_wait_irq(void* handle, double deadline) {
 }
 
 // Run with no guest (or a firmware-driven device) until a flag is raised or `deadline`.
-// A device with a CPU inside never counts as idle: its firmware runs on every cycle.
+// A device with a CPU inside counts as idle only while its `sleeping` port says so.
 void ivhw_run(void* handle, double deadline) {
     Engine* e = static_cast<Engine*>(handle);
     while (!(e->flags & (F_STOP | F_MEMBER | F_LIMIT))) {
+        if (deadline > 0 && monotonic() >= deadline) {
+            e->flags |= F_TIMEOUT;
+            break;
+        }
 #if defined(IVHW_BUS_NONE)
-        for (int i = 0; i < 64; i++) e->cycle();
-        if (deadline > 0 && monotonic() >= deadline) {
-            e->flags |= F_TIMEOUT;
-            break;
+        // a CPU inside: idle only while it sleeps waiting for an interrupt (and the
+        // transport is quiet); else its firmware runs, 64 cycles between clock reads
+        if (e->guest_waiting && e->idle()) {
+            e->block(deadline);
+            continue;
         }
+        for (int i = 0; i < 64 && !(e->flags & (F_STOP | F_MEMBER | F_LIMIT)); i++) e->cycle();
 #else
-        if (deadline > 0 && monotonic() >= deadline) {
-            e->flags |= F_TIMEOUT;
-            break;
-        }
         if (e->idle())
             e->block(deadline);
         else
@@ -745,28 +816,33 @@ uint64_t ivhw_bench_accesses(void* handle, const uint64_t* ops, uint64_t nops, u
     return bad;
 }
 
-// The limit for bench.cosim_simspeed: the same Verilated device and the same accesses
-// as ivhw_bench_accesses, with a transport that only answers (memory in a local array,
-// doorbells taken and dropped, every peer known with one vector; no eventfd, no epoll,
-// no statistics): what Verilator alone costs per cycle. Returns the cycles it ran.
-uint64_t ivhw_bare_accesses(void* handle, const uint64_t* ops, uint64_t nops, uint64_t count) {
-#if defined(IVHW_BUS_AXIL)
-    Engine* e = static_cast<Engine*>(handle);
-    Vtop* t = e->top;
-    std::vector<uint32_t> memory(1u << 16);
+}  // extern "C"
+
+// The limit for bench.cosim_simspeed: the same Verilated device driven by a C++ loop
+// whose transport only answers (memory in a local array, doorbells taken and dropped,
+// every peer known with one vector; no eventfd, no epoll, no statistics): what
+// Verilator alone costs per cycle.
+namespace {
+
+struct Bare {
+    Vtop* t;
+    std::vector<uint32_t> memory = std::vector<uint32_t>(1u << 16);
     bool r_pending = false, acked = false;
     bool awready = false, bvalid = false, arready = false, rvalid = false;
     uint64_t cycles = 0;
-    auto cycle = [&]() {
+
+    void cycle() {
         t->clk = 0;
         t->eval();
         bool mem_valid = t->PORT(mem, valid), mem_we = t->PORT(mem, we);
         uint32_t addr = uint32_t(t->PORT(mem, addr)) & 0xFFFF, wdata = t->PORT(mem, w_data);
         bool pq_req = t->PORT(peers, req);
+#if defined(IVHW_BUS_AXIL)
         awready = t->PORT(axil, awready);
         bvalid = t->PORT(axil, bvalid);
         arready = t->PORT(axil, arready);
         rvalid = t->PORT(axil, rvalid);
+#endif
         t->clk = 1;
         t->eval();
         cycles++;
@@ -781,7 +857,18 @@ uint64_t ivhw_bare_accesses(void* handle, const uint64_t* ops, uint64_t nops, ui
             t->PORT(peers, ack) = 0, acked = false;
         else if (pq_req)
             t->PORT(peers, vectors) = 1, t->PORT(peers, ack) = 1, acked = true;
-    };
+    }
+};
+
+}  // namespace
+
+extern "C" {
+
+// `count` accesses as ivhw_bench_accesses makes them (AXI4-Lite devices); the cycles run
+uint64_t ivhw_bare_accesses(void* handle, const uint64_t* ops, uint64_t nops, uint64_t count) {
+    Bare bare{static_cast<Engine*>(handle)->top};
+#if defined(IVHW_BUS_AXIL)
+    Vtop* t = bare.t;
     for (uint64_t i = 0; i < count; i++) {
         const uint64_t* op = ops + 3 * (i % nops);
         if (op[0]) {
@@ -790,30 +877,43 @@ uint64_t ivhw_bare_accesses(void* handle, const uint64_t* ops, uint64_t nops, ui
             t->PORT(axil, wstrb) = 0xF;
             t->PORT(axil, awvalid) = 1;
             t->PORT(axil, wvalid) = 1;
-            do cycle();
-            while (!awready);
+            do bare.cycle();
+            while (!bare.awready);
             t->PORT(axil, awvalid) = 0;
             t->PORT(axil, wvalid) = 0;
-            do cycle();
-            while (!bvalid);
+            do bare.cycle();
+            while (!bare.bvalid);
         } else {
             t->PORT(axil, araddr) = op[1];
             t->PORT(axil, arvalid) = 1;
-            do cycle();
-            while (!arready);
+            do bare.cycle();
+            while (!bare.arready);
             t->PORT(axil, arvalid) = 0;
-            do cycle();
-            while (!rvalid);
+            do bare.cycle();
+            while (!bare.rvalid);
         }
     }
-    return cycles;
 #else
-    (void)handle;
     (void)ops;
     (void)nops;
     (void)count;
-    return 0;
 #endif
+    return bare.cycles;
+}
+
+// `count` cycles of the device with nothing on its CPU side (a CPU inside runs firmware)
+uint64_t ivhw_bare_cycles(void* handle, uint64_t count) {
+    Bare bare{static_cast<Engine*>(handle)->top};
+    while (bare.cycles < count) bare.cycle();
+    return bare.cycles;
+}
+
+// `count` cycles of the engine as it runs a firmware device, transport and all
+uint64_t ivhw_cycles(void* handle, uint64_t count) {
+    Engine* e = static_cast<Engine*>(handle);
+    uint64_t start = e->counter(C_CYCLES);
+    while (e->counter(C_CYCLES) - start < count && !e->interrupted()) e->cycle();
+    return e->counter(C_CYCLES) - start;
 }
 
 }  // extern "C"

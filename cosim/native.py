@@ -95,6 +95,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         "ivhw_new": (p, [ctypes.c_char_p]),
         "ivhw_free": (None, [p]),
         "ivhw_traced": (i, []),
+        "ivhw_console_count": (u64, [p]),
+        "ivhw_console_line": (ctypes.c_char_p, [p, u64]),
         "ivhw_catch_signals": (None, []),
         "ivhw_stats_of": (ctypes.POINTER(_Stats), [p]),
         "ivhw_configure": (None, [p, p, u64, u32, u64, u64, i, d]),
@@ -110,6 +112,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         "ivhw_run": (None, [p, d]),
         "ivhw_bench_accesses": (u64, [p, pu64, u64, u64]),
         "ivhw_bare_accesses": (u64, [p, pu64, u64, u64]),
+        "ivhw_bare_cycles": (u64, [p, u64]),
+        "ivhw_cycles": (u64, [p, u64]),
     }
     for name, (restype, argtypes) in signatures.items():
         function = getattr(lib, name)
@@ -237,6 +241,14 @@ class Engine:
         flat = (ctypes.c_uint64 * (3 * len(ops)))(*[x for op in ops for x in op])
         return int(self._lib.ivhw_bare_accesses(self._handle, flat, len(ops), count))
 
+    def bare_cycles(self, count: int) -> int:
+        """``count`` cycles with a transport that only answers (a firmware device's limit)."""
+        return int(self._lib.ivhw_bare_cycles(self._handle, count))
+
+    def run_cycles(self, count: int) -> int:
+        """``count`` cycles with the whole transport, whatever the device does meanwhile."""
+        return int(self._lib.ivhw_cycles(self._handle, count))
+
     @property
     def cycles(self) -> int:
         """Clock cycles served so far (reset excluded)."""
@@ -253,6 +265,12 @@ class Engine:
         ring = s.wake_to_ring[: s.wake_to_ring_count]
         stats["wake_to_ring"] = [(r[0], int(r[1]), r[2], r[3]) for r in ring]
         stats["wake_to_irq"] = [(r[0], int(r[1])) for r in s.wake_to_irq[: s.wake_to_irq_count]]
+        lines = self._lib.ivhw_console_count(self._handle)
+        if lines:  # a device with a UART: what its firmware printed
+            stats["console"] = [
+                self._lib.ivhw_console_line(self._handle, n).decode("ascii", "replace")
+                for n in range(lines)
+            ]
         return stats
 
 
@@ -346,6 +364,14 @@ class NativeBridge:
         flat = (ctypes.c_uint64 * (3 * len(ops)))(*[x for op in ops for x in op])
         return int(self._lib.ivhw_bare_accesses(self._handle, flat, len(ops), count))
 
+    def bare_cycles(self, count: int) -> int:
+        """``count`` cycles with a transport that only answers (a firmware device's limit)."""
+        return int(self._lib.ivhw_bare_cycles(self._handle, count))
+
+    def run_cycles(self, count: int) -> int:
+        """``count`` cycles with the whole transport, whatever the device does meanwhile."""
+        return int(self._lib.ivhw_cycles(self._handle, count))
+
     @property
     def cycles(self) -> int:
         return self.engine.cycles
@@ -410,10 +436,14 @@ class NativeBridge:
 
     def run(self) -> tuple[int, str]:
         """Join, reset the device, run the guest (or the device alone); (status, message)."""
+        from .build import DEVICES
+
         config = self.config
         try:
-            guest_function = load_guest(config.guest)
-        except ValueError as error:
+            # a device with a CPU inside runs its firmware: no Python guest
+            firmware = DEVICES[config.device].bus == "none"
+            guest_function = None if firmware else load_guest(config.guest)
+        except (KeyError, ValueError) as error:
             return STATUS_FAILED, str(error)
         try:
             self.peer = peer = join(config)

@@ -140,7 +140,12 @@ def build_once(
             shutil.rmtree(build_dir, ignore_errors=True)
             # the makefiles keep absolute paths into the scratch name; running needs none
             os.rename(scratch, build_dir)
-        except BaseException:
+        except BaseException as error:
+            failed = build_dir.parent / f"{build_dir.name}.failed.log"
+            if (scratch / "build.log").exists():  # keep the compiler's words for the user
+                shutil.copy(scratch / "build.log", failed)
             shutil.rmtree(scratch, ignore_errors=True)
+            if isinstance(error, Exception) and failed.exists():
+                raise RuntimeError(f"{error}; the build's log is {failed}") from error
             raise
     return runner
