@@ -34,6 +34,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..sw.regmap import MAX_VECTORS
 from ..sw.size import size_type
 from . import build as builds
 
@@ -48,8 +49,8 @@ def _vectors(text: str) -> int:
         value = int(text, 0)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be an integer, not {text!r}") from None
-    if not 1 <= value <= 64:
-        raise argparse.ArgumentTypeError(f"must be 1..64, not {value}")
+    if not 1 <= value <= MAX_VECTORS:
+        raise argparse.ArgumentTypeError(f"must be 1..{MAX_VECTORS}, not {value}")
     return value
 
 

@@ -64,6 +64,7 @@ from amaranth.hdl import Module, Mux, Shape, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from ..sw.memmap import MemoryMap, flat_memory_map
 from ..sw.regmap import DOORBELL, FLAT_REGS, MAX_VECTORS, BitField
 from .bus import BusSignature, Response
 from .regs import RegisterDecode
@@ -104,7 +105,8 @@ class IvshmemFlat(wiring.Component):
     Attributes
     ----------
     bus : ``In(BusSignature(log2(shm_size) + 1))``
-        Register and shared-memory windows (see the module docs for the map).
+        Register and shared-memory windows; ``bus.memory_map`` is the map
+        (:func:`ivhw.sw.memmap.flat_memory_map`, drawn in the module docs).
     doorbell : ``Out(stream.Signature(Doorbell))``
         Validated outbound doorbells.
     event : ``In(stream.Signature(Event))``
@@ -153,6 +155,7 @@ class IvshmemFlat(wiring.Component):
             **transport_members(shm_size),
             "irq": Out(1),
         })  # fmt: skip
+        self.bus.memory_map = flat_memory_map(shm_size)
 
     @property
     def vectors(self) -> int:
@@ -163,14 +166,19 @@ class IvshmemFlat(wiring.Component):
         return self._shm_size
 
     @property
+    def memory_map(self) -> MemoryMap:
+        """The map of ``bus`` (``bus.memory_map``): register window, hole, shared memory."""
+        return self.bus.memory_map  # type: ignore[no-any-return]
+
+    @property
     def regs_base(self) -> int:
         """Byte address of the register window on ``bus``."""
-        return 0
+        return self.memory_map["regs"].base
 
     @property
     def shm_base(self) -> int:
         """Byte address of the shared-memory window on ``bus``."""
-        return self._shm_size
+        return self.memory_map["shm"].base
 
     def elaborate(self, platform: object) -> Module:
         m = Module()

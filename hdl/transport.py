@@ -41,7 +41,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from ..sw.regmap import DOORBELL
+from ..sw.regmap import DOORBELL, MAX_VECTORS
 
 __all__ = [
     "PEER_WIDTH",
@@ -68,8 +68,8 @@ __all__ = [
 PEER_WIDTH = DOORBELL.peer.width
 #: Width of a vector number on the transport: the doorbell word's full field.
 VECTOR_WIDTH = DOORBELL.vector.width
-#: Width of a vector *count* (0..64 fits in 7 bits; QEMU's maximum is 64).
-VECTOR_COUNT_WIDTH = 7
+#: Width of a vector *count*, 0..MAX_VECTORS (7 bits for QEMU's 64).
+VECTOR_COUNT_WIDTH = MAX_VECTORS.bit_length()
 
 
 # Layouts rather than ``data.Struct`` subclasses: a Struct reads its fields from class

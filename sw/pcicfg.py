@@ -3,15 +3,10 @@
 Standard type-0 header offsets and bits (PCI Local Bus 3.0, ch. 6), the IDs of
 QEMU 7.2's ``ivshmem-doorbell`` / ``ivshmem-plain``, which bits are writable
 (QEMU's ``pci_init_wmask``), the BAR layout and the MSI-X capability. The model
-(``ivhw.sw.models.pci``), the HDL and the tests take these from here.
-
-QEMU 7.2, q35, doorbell with 2 vectors, dwords 00h..4Ch after reset::
-
-    00: 11101af4 00100000 05000001 00000000
-    10: 00000000 00000000 0000000c 00000000
-    20: 00000000 00000000 00000000 11001af4
-    30: 00000000 00000040 00000000 00000000
-    40: 00010011 00000001 00000801 00000000
+(``ivhw.sw.models.pci``), the HDL and the tests take these from here, and
+:func:`config_header` is the one builder of a variant's header.
+:data:`QEMU_DOORBELL_HEADER` is what QEMU itself shows: the model, the
+gateware and (in the differential test) QEMU are checked against it.
 """
 
 from __future__ import annotations
@@ -30,6 +25,7 @@ __all__ = [
     "CONFIG_SIZE",
     "DEVICE_ID",
     "MSIX_CAP",
+    "QEMU_DOORBELL_HEADER",
     "REVISION_ID",
     "STATUS",
     "SUBSYSTEM_ID",
@@ -37,7 +33,10 @@ __all__ = [
     "VENDOR_ID",
     "BarLayout",
     "BarType",
+    "ConfigHeader",
     "InterruptPin",
+    "bars_of",
+    "config_header",
 ]
 
 #: Red Hat / Qumranet
@@ -54,6 +53,16 @@ SUBSYSTEM_ID = 0x1100
 
 #: size of a conventional function's configuration space
 CONFIG_SIZE = 0x100
+
+#: QEMU 7.2 on q35, ``ivshmem-doorbell`` with 2 vectors: config dwords 00h..4Ch
+#: after reset (BARs unassigned, so BAR2 shows only its type bits).
+QEMU_DOORBELL_HEADER = (
+    0x11101AF4, 0x00100000, 0x05000001, 0x00000000,  # 00h
+    0x00000000, 0x00000000, 0x0000000C, 0x00000000,  # 10h
+    0x00000000, 0x00000000, 0x00000000, 0x11001AF4,  # 20h
+    0x00000000, 0x00000040, 0x00000000, 0x00000000,  # 30h
+    0x00010011, 0x00000001, 0x00000801, 0x00000000,  # 40h
+)  # fmt: skip
 
 
 class CFG(enum.IntEnum):
@@ -166,6 +175,15 @@ class _Bars:
 BARS = _Bars()
 
 
+def bars_of(*, msix: bool, shm_size: int) -> list[tuple[BarLayout, int]]:
+    """The BARs a variant has, in decode order, with their sizes: BAR0, BAR1 with MSI-X, BAR2."""
+    bars = [(BARS.regs, BARS.regs.size)]
+    if msix:
+        bars.append((BARS.msix, BARS.msix.size))
+    bars.append((BARS.shm, shm_size))
+    return bars  # type: ignore[return-value]
+
+
 class InterruptPin(enum.IntEnum):
     """Interrupt Pin register values."""
 
@@ -215,3 +233,76 @@ class _MsixCap:
 
 #: the MSI-X capability of the doorbell variant
 MSIX_CAP = _MsixCap()
+
+
+@dataclass(frozen=True)
+class ConfigHeader:
+    """Reset value, write mask and write-1-to-clear mask of every config byte of a variant.
+
+    Per byte, a write does ``new = old & ~wmask | data & wmask``, then clears the
+    bits of ``data & w1cmask`` (QEMU ``pci_default_write_config``).
+    """
+
+    init: bytes
+    wmask: bytes
+    w1cmask: bytes
+
+    @staticmethod
+    def _dwords(buf: bytes) -> tuple[int, ...]:
+        return tuple(int.from_bytes(buf[i : i + 4], "little") for i in range(0, len(buf), 4))
+
+    @property
+    def init_dwords(self) -> tuple[int, ...]:
+        """Reset value of each dword (index = offset / 4)."""
+        return self._dwords(self.init)
+
+    @property
+    def wmask_dwords(self) -> tuple[int, ...]:
+        """Writable bits of each dword."""
+        return self._dwords(self.wmask)
+
+    def writable(self) -> list[int]:
+        """Indices of the dwords that have writable bits."""
+        return [i for i, mask in enumerate(self.wmask_dwords) if mask]
+
+
+def config_header(
+    *, msix: bool, intx: bool, vectors: int, bars: list[tuple[BarLayout, int]]
+) -> ConfigHeader:
+    """The header of a variant: MSI-X capability or not, INTA pin or not, its BARs and sizes.
+
+    The one builder of the header: the model and the gateware both take it from here.
+    """
+    init = bytearray(CONFIG_SIZE)
+    wmask = bytearray(CONFIG_SIZE)
+    w1c = bytearray(CONFIG_SIZE)
+
+    def put(off: int, value: int, size: int, buf: bytearray = init) -> None:
+        buf[off : off + size] = int(value).to_bytes(size, "little")
+
+    put(CFG.VENDOR_ID, VENDOR_ID, 2)
+    put(CFG.DEVICE_ID, DEVICE_ID, 2)
+    put(CFG.REVISION_ID, REVISION_ID, 1)
+    put(CFG.CLASS_PROG, CLASS_CODE, 3)
+    put(CFG.SUBSYSTEM_VENDOR_ID, SUBSYSTEM_VENDOR_ID, 2)
+    put(CFG.SUBSYSTEM_ID, SUBSYSTEM_ID, 2)
+    put(CFG.COMMAND, CMD_WMASK, 2, wmask)
+    put(CFG.STATUS, STATUS.W1C, 2, w1c)
+    wmask[CFG.CACHE_LINE_SIZE] = 0xFF
+    wmask[CFG.INTERRUPT_LINE] = 0xFF
+    put(CFG.INTERRUPT_PIN, InterruptPin.INTA if intx else InterruptPin.NONE, 1)
+    for bar, size in bars:
+        put(bar.offset, bar.type, 4)
+        put(bar.offset, BarLayout.wmask(size, bar.is64), 8 if bar.is64 else 4, wmask)
+        wmask[bar.offset] &= 0xF0  # the type bits are read-only
+    if msix:
+        cap = MSIX_CAP.offset
+        put(CFG.STATUS, STATUS.CAP_LIST, 2)
+        put(CFG.CAPABILITY_LIST, cap, 1)
+        put(cap, MSIX_CAP.id, 1)
+        put(cap + MSIX_CAP.NEXT, 0, 1)
+        put(MSIX_CAP.control_offset, vectors - 1, 2)
+        put(cap + MSIX_CAP.TABLE, MSIX_CAP.table_word(), 4)
+        put(cap + MSIX_CAP.PBA, MSIX_CAP.pba_word(), 4)
+        put(MSIX_CAP.control_offset, MSIX_CAP.CONTROL_WMASK, 2, wmask)
+    return ConfigHeader(bytes(init), bytes(wmask), bytes(w1c))

@@ -43,7 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from .regmap import DOORBELL, PCI_REV1_REGS
+from .pcicfg import CFG, CMD, MSIX_CAP, BarType
+from .regmap import DOORBELL, MSIX_BAR, MSIX_ENTRY, PCI_REV1_REGS
 
 __all__ = [
     "CONFIG_ADDRESS_PORT",
@@ -77,50 +78,50 @@ _MMIO64_BASE = 0x80_0000_0000
 
 
 class PCI:
-    """Standard PCI configuration-space offsets and bits used here."""
+    """Standard PCI configuration-space offsets and bits used here (from ``ivhw.sw.pcicfg``)."""
 
-    VENDOR_ID = 0x00
-    DEVICE_ID = 0x02
-    COMMAND = 0x04
-    STATUS = 0x06
-    REVISION = 0x08
-    CLASS_PROG = 0x09
-    HEADER_TYPE = 0x0E
-    BAR0 = 0x10
-    SUBSYSTEM_VENDOR_ID = 0x2C
-    SUBSYSTEM_ID = 0x2E
-    ROM_ADDRESS = 0x30
-    CAPABILITY_LIST = 0x34
-    INTERRUPT_LINE = 0x3C
-    INTERRUPT_PIN = 0x3D
-    HEADER_SIZE = 0x40
+    VENDOR_ID = CFG.VENDOR_ID
+    DEVICE_ID = CFG.DEVICE_ID
+    COMMAND = CFG.COMMAND
+    STATUS = CFG.STATUS
+    REVISION = CFG.REVISION_ID
+    CLASS_PROG = CFG.CLASS_PROG
+    HEADER_TYPE = CFG.HEADER_TYPE
+    BAR0 = CFG.BAR0
+    SUBSYSTEM_VENDOR_ID = CFG.SUBSYSTEM_VENDOR_ID
+    SUBSYSTEM_ID = CFG.SUBSYSTEM_ID
+    ROM_ADDRESS = CFG.ROM_ADDRESS
+    CAPABILITY_LIST = CFG.CAPABILITY_LIST
+    INTERRUPT_LINE = CFG.INTERRUPT_LINE
+    INTERRUPT_PIN = CFG.INTERRUPT_PIN
+    HEADER_SIZE = CFG.HEADER_END
 
-    COMMAND_IO = 0x1
-    COMMAND_MEMORY = 0x2
-    COMMAND_MASTER = 0x4
-    COMMAND_INTX_DISABLE = 0x400
+    COMMAND_IO = CMD.IO
+    COMMAND_MEMORY = CMD.MEMORY
+    COMMAND_MASTER = CMD.MASTER
+    COMMAND_INTX_DISABLE = CMD.INTX_DISABLE
 
     BAR_IO = 0x1
     BAR_TYPE_MASK = 0x6
-    BAR_TYPE_64 = 0x4
-    BAR_PREFETCH = 0x8
+    BAR_TYPE_64 = BarType.MEM64
+    BAR_PREFETCH = BarType.PREFETCH
 
-    CAP_ID_MSIX = 0x11
+    CAP_ID_MSIX = MSIX_CAP.id
     # MSI-X capability: +2 Message Control, +4 Table offset/BIR, +8 PBA offset/BIR
-    MSIX_FLAGS = 0x2
-    MSIX_TABLE = 0x4
-    MSIX_PBA = 0x8
-    MSIX_FLAGS_QSIZE = 0x07FF
-    MSIX_FLAGS_MASKALL = 0x4000
-    MSIX_FLAGS_ENABLE = 0x8000
-    MSIX_BIR_MASK = 0x7
+    MSIX_FLAGS = MSIX_CAP.CONTROL
+    MSIX_TABLE = MSIX_CAP.TABLE
+    MSIX_PBA = MSIX_CAP.PBA
+    MSIX_FLAGS_QSIZE = MSIX_CAP.TABLE_SIZE
+    MSIX_FLAGS_MASKALL = MSIX_CAP.MASKALL
+    MSIX_FLAGS_ENABLE = MSIX_CAP.ENABLE
+    MSIX_BIR_MASK = MSIX_CAP.BIR_MASK
     # MSI-X table entry: address low, address high, data, vector control
-    MSIX_ENTRY_SIZE = 16
-    MSIX_ENTRY_LOWER_ADDR = 0x0
-    MSIX_ENTRY_UPPER_ADDR = 0x4
-    MSIX_ENTRY_DATA = 0x8
-    MSIX_ENTRY_VECTOR_CTRL = 0xC
-    MSIX_ENTRY_CTRL_MASKBIT = 0x1
+    MSIX_ENTRY_SIZE = MSIX_ENTRY.size
+    MSIX_ENTRY_LOWER_ADDR = MSIX_ENTRY.MsgAddrLo.offset
+    MSIX_ENTRY_UPPER_ADDR = MSIX_ENTRY.MsgAddrHi.offset
+    MSIX_ENTRY_DATA = MSIX_ENTRY.MsgData.offset
+    MSIX_ENTRY_VECTOR_CTRL = MSIX_ENTRY.VectorCtrl.offset
+    MSIX_ENTRY_CTRL_MASKBIT = MSIX_BAR.mask.mask
 
 
 class QtestError(RuntimeError):

@@ -55,6 +55,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+# Most vectors a peer has: the server protocol's limit (QEMU's ``-n``), ivshmem-flat's
+# array and the MSI-X table size of the PCI device; defined once, with the protocol.
+from .protocol import MAX_VECTORS
+
 __all__ = [
     "CPU_MASKS",
     "DOORBELL",
@@ -433,7 +437,7 @@ class RegisterMap:
             "|---:|---|---|---:|---|",
         ]
         for reg in self:
-            hook = f" Hook: {reg.hook}." if reg.hook else ""
+            hook = f"; hook `{reg.hook}`" if reg.hook else ""
             rows.append(
                 f"| {reg.offset:02X}h | {reg.name} | {reg.bits()} | "
                 f"{reg.reset:08X}h | {reg.doc}{hook} |"
@@ -468,9 +472,6 @@ FLAT_REGS = RegisterMap("ivshmem-flat", 16, [
              doc="rings the peer on the vector; unknown peer or vector ignored and "
                  "counted; reads 0"),
 ])  # fmt: skip
-
-#: Most vectors a peer has (QEMU's ivshmem-server ``-n`` limit, ivshmem-flat's array).
-MAX_VECTORS = 64
 
 #: One 16-byte MSI-X table entry (PCI Local Bus 3.0 sec. 6.8.2). Reset: address and
 #: data 0, the vector masked. QEMU stores all 32 bits of Vector Control; here only the

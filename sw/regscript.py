@@ -29,8 +29,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from .pcicfg import MSIX_CAP
 from .qtest import PCI, QemuIvshmem
-from .regmap import DOORBELL, MSIX_BAR, MSIX_ENTRY, PCI_REV1_REGS
+from .regmap import DOORBELL, MAX_VECTORS, MSIX_BAR, MSIX_ENTRY, PCI_REV1_REGS
 
 __all__ = [
     "BAR_ADDRESSES",
@@ -56,9 +57,9 @@ MSG_BASE = 0x0020_0000
 #: ... with data ``MSG_DATA | v``.
 MSG_DATA = 0x5EED_0000
 #: Largest table the message window is scanned for.
-_MSG_WINDOW_VECTORS = 64
+_MSG_WINDOW_VECTORS = MAX_VECTORS
 
-_MSIX_CAP = 0x40  # where QEMU puts it; the script reads the pointer too
+_MSIX_CAP = MSIX_CAP.offset  # where QEMU puts it; the script reads the pointer too
 
 
 class Kind(enum.Enum):

@@ -7,21 +7,14 @@ import mmap
 import pytest
 
 from ivhw.sw.models import IvshmemPci
-from ivhw.sw.pcicfg import BARS, CFG, CMD, MSIX_CAP, STATUS
+from ivhw.sw.pcicfg import BARS, CFG, CMD, MSIX_CAP, QEMU_DOORBELL_HEADER, STATUS
 from ivhw.sw.regmap import DOORBELL, MSIX_BAR, MSIX_ENTRY, PCI_REV1_REGS
 
 REG = PCI_REV1_REGS
 CTRL = MSIX_CAP.control_offset
 SHM = 1 << 20
 
-# QEMU 7.2 on q35, doorbell with 2 vectors, dwords 00h..4Ch (SPEC section 2)
-QEMU_DOORBELL_2 = [
-    0x11101AF4, 0x00100000, 0x05000001, 0x00000000,
-    0x00000000, 0x00000000, 0x0000000C, 0x00000000,
-    0x00000000, 0x00000000, 0x00000000, 0x11001AF4,
-    0x00000000, 0x00000040, 0x00000000, 0x00000000,
-    0x00010011, 0x00000001, 0x00000801, 0x00000000,
-]  # fmt: skip
+QEMU_DOORBELL_2 = list(QEMU_DOORBELL_HEADER)
 
 
 class Bus:

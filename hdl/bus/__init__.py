@@ -23,7 +23,14 @@ from amaranth.lib.wiring import In, Out
 
 from ..transport import AddressedSignature
 
-__all__ = ["BusSignature", "Response", "device_bus", "forward_ports", "front_end_members"]
+__all__ = [
+    "BusSignature",
+    "Response",
+    "carry_memory_map",
+    "device_bus",
+    "forward_ports",
+    "front_end_members",
+]
 
 
 class Response(enum.Enum, shape=unsigned(2)):
@@ -113,3 +120,14 @@ def front_end_members(device: wiring.Component, name: str, bus: wiring.Member) -
         if member_name != "bus":
             members[member_name] = member
     return members
+
+
+def carry_memory_map(interface: object, device: wiring.Component) -> None:
+    """Give a front-end's bus ``interface`` the memory map of ``device``'s bus, if it has one.
+
+    The map is in byte addresses on every bus (Wishbone's ``adr`` is the word
+    address: byte address >> 2).
+    """
+    memory_map = getattr(device.bus, "memory_map", None)  # type: ignore[attr-defined]
+    if memory_map is not None:
+        interface.memory_map = memory_map  # type: ignore[attr-defined]

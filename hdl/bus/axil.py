@@ -34,7 +34,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from ..transport import AddressedSignature
-from . import device_bus, forward_ports, front_end_members
+from . import carry_memory_map, device_bus, forward_ports, front_end_members
 
 __all__ = ["AXI4LiteFrontEnd", "AXI4LiteSignature"]
 
@@ -88,6 +88,7 @@ class AXI4LiteFrontEnd(wiring.Component):
             raise
         self._device = device
         super().__init__(front_end_members(device, "axil", In(AXI4LiteSignature(addr_width))))
+        carry_memory_map(self.axil, device)
 
     @property
     def device(self) -> wiring.Component:

@@ -22,7 +22,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from ..transport import AddressedSignature
-from . import Response, device_bus, forward_ports, front_end_members
+from . import Response, carry_memory_map, device_bus, forward_ports, front_end_members
 
 __all__ = ["WishboneFrontEnd", "WishboneSignature"]
 
@@ -73,6 +73,7 @@ class WishboneFrontEnd(wiring.Component):
             raise
         self._device = device
         super().__init__(front_end_members(device, "wb", In(WishboneSignature(addr_width))))
+        carry_memory_map(self.wb, device)
 
     @property
     def device(self) -> wiring.Component:

@@ -1,7 +1,8 @@
 """The ivshmem PCI endpoint, revision 1 (QEMU ``ivshmem-doorbell`` / ``ivshmem-plain``).
 
 :class:`IvshmemPci` (:mod:`.device`) behind the transaction interface of
-:mod:`.tlp`; the config header's constants come from :mod:`.config`.
+:mod:`.tlp`; the config header comes from :func:`ivhw.sw.pcicfg.config_header`,
+the same builder the model uses.
 """
 
 from __future__ import annotations

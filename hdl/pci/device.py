@@ -64,7 +64,8 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ...sw.pcicfg import BARS, CFG, CMD, CONFIG_SIZE, MSIX_CAP, STATUS, BarLayout
+from ...sw.memmap import BarMap, pci_memory_map
+from ...sw.pcicfg import BARS, CFG, CMD, CONFIG_SIZE, MSIX_CAP, STATUS, bars_of, config_header
 from ...sw.regmap import DOORBELL, MAX_VECTORS, MSIX_BAR, MSIX_ENTRY, PCI_REV1_REGS
 from ..regs import RegisterDecode
 from ..transport import (
@@ -74,7 +75,6 @@ from ..transport import (
     check_shm_size,
     transport_members,
 )
-from .config import config_layout
 from .tlp import (
     Completion,
     CplStatus,
@@ -166,13 +166,9 @@ class IvshmemPci(wiring.Component):
         self._doorbell = doorbell
         self._interrupts = interrupts
         self._shm_size = shm_size
-        bars: list[tuple[BarLayout, int]] = [(BARS.regs, BARS.regs.size)]  # type: ignore[list-item]
-        if interrupts == "msix":
-            bars.append((BARS.msix, BARS.msix.size))  # type: ignore[arg-type]
-        bars.append((BARS.shm, shm_size))  # type: ignore[arg-type]
-        self._bars = bars
-        self._cfg = config_layout(
-            msix=self.msix, intx=interrupts == "intx", vectors=vectors, bars=bars
+        self._bars = bars_of(msix=self.msix, shm_size=shm_size)
+        self._cfg = config_header(
+            msix=self.msix, intx=interrupts == "intx", vectors=vectors, bars=self._bars
         )
         super().__init__({
             "req": In(request_signature()),
@@ -181,6 +177,7 @@ class IvshmemPci(wiring.Component):
             "intx": Out(1),
             **transport_members(shm_size),
         })  # fmt: skip
+        self.req.memory_map = pci_memory_map(msix=self.msix, vectors=vectors, shm_size=shm_size)
 
     @property
     def doorbell_variant(self) -> bool:
@@ -206,19 +203,25 @@ class IvshmemPci(wiring.Component):
     @property
     def config_init(self) -> tuple[int, ...]:
         """Reset value of every config dword (index = offset / 4)."""
-        return self._cfg.init
+        return self._cfg.init_dwords
+
+    @property
+    def memory_map(self) -> BarMap:
+        """The BARs' maps (``req.memory_map``): each BAR's windows and holes, and the miss."""
+        return self.req.memory_map  # type: ignore[no-any-return]
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
         cfg = self._cfg
+        cfg_init, cfg_wmask = cfg.init_dwords, cfg.wmask_dwords
         vectors = self._vectors
         shm_bits = self._shm_size.bit_length() - 1
 
         # -- configuration registers: only dwords with writable bits are stored ---------------
-        regs = {i: Signal(32, init=cfg.init[i], name=f"cfg_{4 * i:02x}") for i in cfg.writable()}
+        regs = {i: Signal(32, init=cfg_init[i], name=f"cfg_{4 * i:02x}") for i in cfg.writable()}
 
         def dword(i: int) -> object:
-            return regs[i] if i in regs else Const(cfg.init[i], 32)
+            return regs[i] if i in regs else Const(cfg_init[i], 32)
 
         command = regs[CFG.COMMAND // 4][:16]
         mem_en = command[_bit(CMD.MEMORY)]
@@ -391,7 +394,7 @@ class IvshmemPci(wiring.Component):
                                     shift = 8 * (CFG.STATUS % 4) + _bit(STATUS.INTERRUPT)
                                     with m.Case(i):
                                         m.d.comb += value.eq(dword(i) | (intx_state << shift))
-                                elif i in regs or cfg.init[i]:
+                                elif i in regs or cfg_init[i]:
                                     with m.Case(i):
                                         m.d.comb += value.eq(dword(i))
                         extended = cfg_index >= CONFIG_SIZE // 4
@@ -400,7 +403,7 @@ class IvshmemPci(wiring.Component):
                         with m.Switch(cfg_index):
                             for i, reg in regs.items():
                                 with m.Case(i):
-                                    wm = Const(cfg.wmask[i], 32) & lane_mask
+                                    wm = Const(cfg_wmask[i], 32) & lane_mask
                                     m.d.sync += reg.eq(reg & ~wm | r.data & wm)
                         respond()
                     with m.Case(ReqKind.MEM_READ, ReqKind.MEM_WRITE):

@@ -10,22 +10,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from ..memmap import BarMap, pci_memory_map
 from ..pcicfg import (
     BARS,
     CFG,
-    CLASS_CODE,
     CMD,
-    CMD_WMASK,
     CONFIG_SIZE,
-    DEVICE_ID,
     MSIX_CAP,
-    REVISION_ID,
     STATUS,
-    SUBSYSTEM_ID,
-    SUBSYSTEM_VENDOR_ID,
-    VENDOR_ID,
     BarLayout,
-    InterruptPin,
+    bars_of,
+    config_header,
 )
 from ..regmap import MSIX_BAR, MSIX_ENTRY, PCI_REV1_REGS
 from .common import Counters, DoorbellCallback, PeerTable, SharedMemory
@@ -239,52 +234,24 @@ class IvshmemPci(HasRegisters):
         """Own vector count (MSI-X table size)."""
         return self._table.vectors
 
-    def _bars(self) -> list[tuple[BarLayout, int]]:
-        bars = [(BARS.regs, BARS.regs.size)]
-        if self.msix:
-            bars.append((BARS.msix, BARS.msix.size))
-        bars.append((BARS.shm, self.shm.size))
-        return bars  # type: ignore[return-value]
+    @property
+    def bars(self) -> list[tuple[BarLayout, int]]:
+        """The BARs of this variant with their sizes, in decode order."""
+        return bars_of(msix=self.msix, shm_size=self.shm.size)
+
+    @property
+    def memory_map(self) -> BarMap:
+        """Each BAR's windows and holes, as the gateware's ``memory_map``."""
+        return pci_memory_map(msix=self.msix, vectors=self.vectors, shm_size=self.shm.size)
 
     def _build_config(self) -> None:
-        """Reset values and write masks of every config byte."""
-        init = bytearray(CONFIG_SIZE)
-        wmask = bytearray(CONFIG_SIZE)
-        w1c = bytearray(CONFIG_SIZE)
-
-        def put(off: int, value: int, size: int, buf: bytearray = init) -> None:
-            buf[off : off + size] = value.to_bytes(size, "little")
-
-        put(CFG.VENDOR_ID, VENDOR_ID, 2)
-        put(CFG.DEVICE_ID, DEVICE_ID, 2)
-        put(CFG.REVISION_ID, REVISION_ID, 1)
-        put(CFG.CLASS_PROG, CLASS_CODE, 3)
-        put(CFG.SUBSYSTEM_VENDOR_ID, SUBSYSTEM_VENDOR_ID, 2)
-        put(CFG.SUBSYSTEM_ID, SUBSYSTEM_ID, 2)
-        put(CFG.COMMAND, CMD_WMASK, 2, wmask)
-        put(CFG.STATUS, STATUS.W1C, 2, w1c)
-        wmask[CFG.CACHE_LINE_SIZE] = 0xFF
-        wmask[CFG.INTERRUPT_LINE] = 0xFF
-        pin = InterruptPin.INTA if self.interrupts == "intx" else InterruptPin.NONE
-        put(CFG.INTERRUPT_PIN, pin, 1)
-        for bar, size in self._bars():
-            put(bar.offset, bar.type, 4)
-            put(bar.offset, BarLayout.wmask(size, bar.is64), 8 if bar.is64 else 4, wmask)
-            # the low type bits are never writable
-            wmask[bar.offset] &= 0xF0
-        if self.msix:
-            cap = MSIX_CAP.offset
-            put(CFG.STATUS, STATUS.CAP_LIST, 2)
-            put(CFG.CAPABILITY_LIST, cap, 1)
-            put(cap, MSIX_CAP.id, 1)
-            put(cap + MSIX_CAP.NEXT, 0, 1)
-            put(MSIX_CAP.control_offset, self.vectors - 1, 2)
-            put(cap + MSIX_CAP.TABLE, MSIX_CAP.table_word(), 4)
-            put(cap + MSIX_CAP.PBA, MSIX_CAP.pba_word(), 4)
-            put(MSIX_CAP.control_offset, MSIX_CAP.CONTROL_WMASK, 2, wmask)
-        self._cfg_init = bytes(init)
-        self._wmask = bytes(wmask)
-        self._w1cmask = bytes(w1c)
+        header = config_header(
+            msix=self.msix, intx=self.interrupts == "intx", vectors=self.vectors,
+            bars=self.bars,
+        )  # fmt: skip
+        self._cfg_init = header.init
+        self._wmask = header.wmask
+        self._w1cmask = header.w1cmask
 
     def reset(self) -> None:
         """PCI reset: config, MSI-X table and PBA, IntrMask/IntrStatus (not ID nor peers)."""
@@ -392,7 +359,7 @@ class IvshmemPci(HasRegisters):
     # -- BAR decode -------------------------------------------------------------------------
 
     def _bar(self, index: int) -> tuple[BarLayout, int]:
-        for bar, size in self._bars():
+        for bar, size in self.bars:
             if bar.index == index:
                 return bar, size
         raise ValueError(f"this device has no BAR{index}")
@@ -410,8 +377,9 @@ class IvshmemPci(HasRegisters):
             return None
         return base
 
-    def _decode(self, address: int, size: int) -> tuple[int, int] | None:
-        for bar, bar_size in self._bars():
+    def decode(self, address: int, size: int = 4) -> tuple[int, int] | None:
+        """``(BAR index, offset)`` of a memory access, or ``None``: no BAR claims it."""
+        for bar, bar_size in self.bars:
             base = self.bar_address(bar.index)
             if base is not None and base <= address and address + size <= base + bar_size:
                 return bar.index, address - base
@@ -419,12 +387,12 @@ class IvshmemPci(HasRegisters):
 
     def mem_read(self, address: int, size: int = 4) -> int | None:
         """A memory read from the bus; ``None`` if no BAR claims it (unsupported request)."""
-        hit = self._decode(address, size)
+        hit = self.decode(address, size)
         return None if hit is None else self.bar_read(hit[0], hit[1], size)
 
     def mem_write(self, address: int, data: int, size: int = 4) -> bool:
         """A memory write from the bus; ``False`` if no BAR claims it."""
-        hit = self._decode(address, size)
+        hit = self.decode(address, size)
         if hit is not None:
             self.bar_write(hit[0], hit[1], data, size)
         return hit is not None

@@ -35,12 +35,16 @@ from cocotbext.wishbone.driver import WBOp
 from cocotbext.wishbone.driver import WishboneMaster as ExtWishboneMaster
 from wishbone_master import WishboneMaster
 
+from ivhw.sw.memmap import Kind, flat_memory_map
 from ivhw.sw.models.flat import IvshmemFlat
 from ivhw.sw.regmap import DOORBELL, FLAT_REGS
 
 PARAMS: dict[str, int] = json.loads(os.environ.get("IVHW_FLAT_PARAMS", "{}"))
 VECTORS = PARAMS.get("vectors", 4)
 SHM_SIZE = PARAMS.get("shm_size", 4096)
+#: the bus's windows and holes, as the device's ``bus.memory_map``
+MAP = flat_memory_map(SHM_SIZE)
+REGS, SHM = MAP["regs"], MAP["shm"]
 FIFO_DEPTH = PARAMS.get("doorbell_depth", 2)
 OWN_ID = 5
 #: peers the transport knows besides the own ID: ID -> vector count
@@ -51,7 +55,7 @@ MASTERS = ("axil_ext", "axil_bus", "wishbone", "wishbone_ext")
 #: cocotbext-wishbone calls the data lines datwr/datrd
 WB_EXT_SIGNALS = {name: name for name in ("cyc", "stb", "we", "adr", "sel", "ack", "err")}
 WB_EXT_SIGNALS.update(datwr="dat_w", datrd="dat_r")
-OKAY, SLVERR, DECERR = "OKAY", "SLVERR", "DECERR"
+OKAY = "OKAY"
 
 
 def _seed() -> int:
@@ -309,12 +313,13 @@ class TB:
         model, before = self.model, self.model.counters.bad_access
         addr, word = op.addr, op.addr & ~3
         error = "ERR" if self.master.is_wishbone else None
-        if FLAT_REGS.size <= addr < SHM_SIZE or addr >= 2 * SHM_SIZE:
-            return 0, 0, error or DECERR
-        if addr >= SHM_SIZE:
-            offset = addr - SHM_SIZE
+        window = MAP.find(addr) if addr < MAP.size else None
+        if window is None or window.kind is Kind.HOLE:
+            return 0, 0, error or MAP.miss
+        if window is SHM:
+            offset = addr - SHM.base
             if addr % 4:
-                return 0, 0, error or SLVERR
+                return 0, 0, error or SHM.refused
             if op.write:
                 for lane in range(4):
                     if op.mask >> lane & 1:
@@ -335,7 +340,7 @@ class TB:
         else:
             data, lanes = model.read_register(word, op.mask), _lanes(op.mask)
         bad = model.counters.bad_access != before
-        return data, lanes, (error or SLVERR) if bad else OKAY
+        return data, lanes, (error or REGS.refused) if bad else OKAY
 
     async def access(self, op: Op) -> int:
         """Do ``op`` on the RTL and the model and compare everything."""
@@ -348,8 +353,8 @@ class TB:
             f"{where}: read {got:#010x}, model {expected:#010x} (lanes {lanes:#x})"
         )
         self.compare(where)
-        if op.write and op.addr >= SHM_SIZE and got_resp == OKAY:
-            offset = (op.addr - SHM_SIZE) & ~3
+        if op.write and op.addr in SHM and got_resp == OKAY:
+            offset = (op.addr - SHM.base) & ~3
             # Posted write: the memory may take it a few cycles after the bus ack.
             for _ in range(8):
                 if self.transport.mem[offset : offset + 4] == bytes(
@@ -403,12 +408,13 @@ class TB:
                     addr += rng.randrange(1, 4)  # unaligned (cocotb-bus only)
                     addr = min(addr, 11)
             elif kind < 0.75:
-                addr = SHM_SIZE + rng.randrange(SHM_SIZE // 4) * 4
+                addr = SHM.address(rng.randrange(SHM.size // 4) * 4)
                 if rng.random() < 0.05:
                     addr += rng.randrange(1, 4)
             else:
-                addr = rng.choice((FLAT_REGS.size, rng.randrange(FLAT_REGS.size, SHM_SIZE) & ~3,
-                                   SHM_SIZE - 4))  # fmt: skip
+                hole = next(w for w in MAP if w.kind is Kind.HOLE)
+                addr = rng.choice((hole.base, rng.randrange(hole.base, hole.end) & ~3,
+                                   hole.end - 4))  # fmt: skip
             data = rng.getrandbits(32)
             if write and addr == FLAT_REGS.DOORBELL.offset:
                 data = self.doorbell_word()
@@ -417,7 +423,7 @@ class TB:
 
 
 def _regs(name: str) -> int:
-    return FLAT_REGS[name].offset
+    return REGS.register(name)
 
 
 @cocotb.test()
@@ -458,17 +464,18 @@ async def directed(dut: Any, master: str) -> None:
             await tb.access(Op(addr, True, 0, full))
             await tb.access(Op(addr, False, 0, full))
     # Unmapped: the hole between the windows.
-    for addr in (FLAT_REGS.size, 0x100, SHM_SIZE - 4):
+    hole = next(w for w in MAP if w.kind is Kind.HOLE)
+    for addr in (hole.base, 0x100, hole.end - 4):
         await tb.access(Op(addr, False, 0, full))
         await tb.access(Op(addr, True, 0x1234, full))
     # Shared memory: words, byte lanes, read back.
     for i, mask in enumerate((0b1111, 0b0001, 0b0010, 0b0100, 0b1000, 0b0011, 0b1100, 0b0101)):
-        addr = SHM_SIZE + 4 * i
+        addr = SHM.address(4 * i)
         if tb.master.can(addr, mask, True):
             await tb.access(Op(addr, True, 0xA5A5_0000 + i * 0x1111, mask))
             await tb.access(Op(addr, False, 0, 0b1111))
-    await tb.access(Op(2 * SHM_SIZE - 4, True, 0xDEAD_BEEF, full))
-    assert await tb.access(Op(2 * SHM_SIZE - 4, False, 0, full)) == 0xDEAD_BEEF
+    await tb.access(Op(SHM.end - 4, True, 0xDEAD_BEEF, full))
+    assert await tb.access(Op(SHM.end - 4, False, 0, full)) == 0xDEAD_BEEF
     await tb.drain()
     assert tb.model.counters.bad_peer and tb.model.counters.bad_vector
 

@@ -71,21 +71,6 @@ class Oracle:
         self.model.on_msi = lambda a, d: self.msis.append((a, d))
         self.model.on_doorbell = lambda p, v: self.doorbells.append((p, v))
 
-    def bars(self) -> list[tuple[int, int]]:
-        """``(index, size)`` of the model's BARs."""
-        out = [(BARS.regs.index, BARS.regs.size)]
-        if self.model.msix:
-            out.append((BARS.msix.index, BARS.msix.size))
-        out.append((BARS.shm.index, self.model.shm.size))
-        return out
-
-    def decode(self, addr: int) -> tuple[int, int] | None:
-        for index, size in self.bars():
-            base = self.model.bar_address(index)
-            if base is not None and base <= addr < base + size:
-                return index, addr - base
-        return None
-
     def request(self, kind: ReqKind, addr: int, be: int, data: int) -> tuple[int, int | None]:
         """``(status, read data or None)`` the endpoint must complete with."""
         m = self.model
@@ -94,7 +79,7 @@ class Oracle:
         if kind is ReqKind.CFG_WRITE:
             m.config_write_mask(addr & 0xFFC, data, be)
             return SC, None
-        hit = self.decode(addr & ~3)
+        hit = m.decode(addr & ~3)
         if hit is None:
             return UR, None
         index, off = hit

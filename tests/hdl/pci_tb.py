@@ -41,8 +41,8 @@ async def _start(dut: Any, rng_seed: int = 1) -> TB:
 
 async def _assign_bars(tb: TB) -> None:
     """Size every BAR (all-ones, read back) and place it at the script's address."""
-    for index, _size in tb.oracle.bars():
-        bar = next(b for b in BARS if b.index == index)
+    for bar, _size in tb.oracle.model.bars:
+        index = bar.index
         words = 2 if bar.is64 else 1
         for k in range(words):
             await tb.access(CW, bar.offset + 4 * k, 0xF, 0xFFFF_FFFF)
@@ -200,8 +200,10 @@ async def random_sequence(dut: Any) -> None:
     m = tb.oracle.model
     await _assign_bars(tb)
     tb.set_ident(OWN_ID)
-    bars = [i for i, _ in tb.oracle.bars()]
-    sizes = dict(tb.oracle.bars())
+    layouts = {bar.index: bar for bar, _ in m.bars}
+    bars = list(layouts)
+    sizes = {bar.index: size for bar, size in m.bars}
+    table = m.memory_map.window("msix_table")[1] if m.msix else None
     writable = [CFG.COMMAND, CFG.CACHE_LINE_SIZE, CFG.INTERRUPT_LINE, MSIX_CAP.offset]
     masks = [0xF] * 8 + [0x1, 0x2, 0x3, 0xC, 0x8, 0x0, 0x5, 0x7, 0x6]
     peers = [*PEERS, OWN_ID, 4, 0x1234]
@@ -239,7 +241,7 @@ async def random_sequence(dut: Any) -> None:
             await tb.ring(rng.randrange(m.vectors + 1))
         elif r < 0.33:
             pick = rng.choice(bars)
-            bar = next(b for b in BARS if b.index == pick)
+            bar = layouts[pick]
             sizing = rng.choice((0xFFFF_FFFF, BAR_AT[pick] & 0xFFFF_FFFF))
             await tb.access(CW, bar.offset, 0xF, sizing)
             await tb.access(CR, bar.offset)
@@ -250,8 +252,8 @@ async def random_sequence(dut: Any) -> None:
             if index == BARS.regs.index:
                 off = rng.choice((0, 4, 8, 0xC, 0xC, 0xC, rng.randrange(0, size, 4)))
             elif index == BARS.msix.index:
-                table = MSIX_BAR.entry(m.vectors)
-                off = rng.choice((rng.randrange(0, table, 4), rng.randrange(0, table, 4),
+                entries = range(table.base, table.end, 4)  # type: ignore[union-attr]
+                off = rng.choice((rng.choice(entries), rng.choice(entries),
                                   MSIX_BAR.pba, rng.randrange(0, size, 4)))  # fmt: skip
             else:
                 off = rng.randrange(0, min(size, 256), 4)
