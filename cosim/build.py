@@ -135,7 +135,13 @@ DEVICES: dict[str, DeviceKind] = {
     "flat": DeviceKind("ivshmem_flat_axil", _flat_top, "axil"),
     "pci": DeviceKind("ivshmem_pci", _pci_top, "pci"),
     # a RISC-V tile (ivhw.boards) running C firmware that drives an ivshmem-flat device
-    "soc": DeviceKind("ivshmem_soc_tile", _soc_top, "none"),
+    "soc": DeviceKind(
+        "ivshmem_soc_tile",
+        _soc_top,
+        "none",
+        uart_cycles_per_bit=SOC_CLOCK_HZ // SOC_BAUD,
+        sleeping=True,
+    ),
 }
 
 
@@ -291,8 +297,6 @@ def build(
     extra: tuple[bytes, ...] = ()
     tag = ""
     if device == "soc":
-        if engine != "cocotb":
-            raise ValueError("the soc device runs on the cocotb engine (--engine cocotb)")
         if firmware is None:
             raise ValueError("the soc device needs a firmware image")
         extra = (firmware,)

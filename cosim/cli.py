@@ -8,8 +8,9 @@
 ``--device soc`` is a RISC-V tile (:mod:`ivhw.boards.soc`) whose C firmware drives
 its ivshmem-flat device: no Python guest runs, the firmware does (built-in ``echo``
 or ``ping``, built with the ``--guest-arg`` options of
-:class:`ivhw.boards.firmware.FirmwareConfig`, or an ELF file), on the cocotb engine;
-its console appears in the transcript as ``[soc]`` lines.
+:class:`ivhw.boards.firmware.FirmwareConfig`, or an ELF file); on the native engine
+no Python runs at all while it simulates. Its console appears in the transcript as
+``[soc]`` lines.
 
 The device is converted to Verilog and compiled once per parameter set (cached
 under ``build/cosim``, see :mod:`ivhw.cosim.build`), then run by one of two
@@ -127,8 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     firmware = None
     if args.device == "soc":
-        # the tile's CPU runs the firmware: no Python guest, and the cocotb engine (the
-        # bridge decodes the tile's console)
+        # the tile's CPU runs the firmware: no Python guest (either engine decodes the
+        # tile's console)
         if args.guest not in (None, "none"):
             print(f"{prog}: error: --device soc runs its --firmware, not a Python --guest",
                   file=sys.stderr)  # fmt: skip
@@ -149,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
-    engine = args.engine or ("cocotb" if args.device == "soc" else builds.default_engine(args.sim))
+    engine = args.engine or builds.default_engine(args.sim)
     try:
         built = builds.build(
             args.device,

@@ -1,6 +1,7 @@
 """The SoC tile (sentinel-cpu + C firmware + ivshmem-flat) as a peer of a real domain.
 
-``ivshmem-cosim --device soc`` runs the tile on Icarus and Verilator; its firmware,
+``ivshmem-cosim --device soc`` runs the tile on Icarus and on Verilator with both
+engines (native: no Python at all while it simulates); its firmware,
 not a Python guest, drives the device. The echo firmware answers a host peer and a
 QEMU 7.2 VM; the ping firmware finds a host echo peer and prints its round trips,
 which the test checks byte for byte from the console lines in the bridge's status.
@@ -25,27 +26,29 @@ from ivhw.sw import echo
 __all__ = ["domain"]  # fixtures used here
 
 SIMS = [
-    pytest.param("icarus", marks=pytest.mark.icarus),
-    pytest.param("verilator", marks=pytest.mark.verilator),
+    pytest.param(("icarus", "cocotb"), marks=pytest.mark.icarus, id="icarus-cocotb"),
+    pytest.param(("verilator", "native"), marks=pytest.mark.verilator, id="verilator-native"),
+    pytest.param(("verilator", "cocotb"), marks=pytest.mark.verilator, id="verilator-cocotb"),
 ]
 PINGS = 3
 PING_OPTIONS = {"ping_count": PINGS, "ping_gap": 200}
 _PING_LINE = re.compile(r"ping seq=(\d+) peer=(\d+) rtt=(\d+) cycles reply=([0-9a-f]+) (ok|BAD)")
 
 
-def _prebuild(sim: str, firmware: str, options: dict[str, int]) -> None:
+def _prebuild(target: tuple[str, str], firmware: str, options: dict[str, int]) -> None:
     """Build as the CLI will, so the device joins within the tests' join timeout."""
+    sim, engine = target
     require_tool("riscv64-unknown-elf-gcc")
     require_tool("iverilog" if sim == "icarus" else "g++")
     pairs = [(key, str(value)) for key, value in options.items()]
     image = soc_image(firmware, SHM_SIZE, pairs, build_root() / "firmware")
-    build("soc", sim, vectors=VECTORS, shm_size=SHM_SIZE, firmware=image)
+    build("soc", sim, vectors=VECTORS, shm_size=SHM_SIZE, firmware=image, engine=engine)
 
 
 @pytest.fixture(params=SIMS)
 def soc(request: pytest.FixtureRequest) -> Target:
     _prebuild(request.param, "echo", {})
-    return Target(request.param, "cocotb", "soc")
+    return Target(*request.param, "soc")
 
 
 def test_echo_firmware_answers_host_and_qemu(domain: Domain, tmp_path: Path, soc: Target) -> None:
@@ -61,14 +64,16 @@ def test_echo_firmware_answers_host_and_qemu(domain: Domain, tmp_path: Path, soc
 
 
 @pytest.mark.parametrize("sim", SIMS)
-def test_ping_firmware_measures_round_trips(domain: Domain, tmp_path: Path, sim: str) -> None:
+def test_ping_firmware_measures_round_trips(
+    domain: Domain, tmp_path: Path, sim: tuple[str, str]
+) -> None:
     _prebuild(sim, "ping", PING_OPTIONS)
     responder = echo.EchoResponder(domain.peer())
     stop = time.monotonic() + 120
     thread = threading.Thread(target=responder.run, args=(stop,), daemon=True)
     thread.start()
     device = start_device(
-        domain, tmp_path, Target(sim, "cocotb", "soc"), firmware="ping", guest_args=PING_OPTIONS
+        domain, tmp_path, Target(*sim, "soc"), firmware="ping", guest_args=PING_OPTIONS
     )
     deadline = time.monotonic() + 90
     while "ping: done" not in device.output():
