@@ -161,7 +161,7 @@ def _start_linux(sock: Path, target: int) -> Any:
 
     args = [a for m in _MESSAGES for a in ("--payload", m.hex())]
     # it serves the simulated ping and one request of the host, then powers off
-    args += ["--target", str(target), "--serve-count", str(_PINGS + 1)]
+    args += ["--target", str(target), "--timeout", "20", "--serve-count", str(_PINGS + 1)]
     return LinuxVm(sock, args, vectors=_VECTORS, guest=guest, on_line=show).start()
 
 

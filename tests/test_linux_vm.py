@@ -100,7 +100,8 @@ def test_linux_vm_and_simulated_device(
     host = domain.peer()
     dev_id = min(domain.server.peer_ids)
     payloads = [b"from a Linux guest", bytes(range(56)), b"!"]
-    vm = domain.linux(guest, [*hexes(*payloads), "--target", str(dev_id), "--serve-count", "2"])
+    args = [*hexes(*payloads), "--target", str(dev_id), "--timeout", "20", "--serve-count", "2"]
+    vm = domain.linux(guest, args)
     vm_id = wait_known(host, vm.peer_id)
     assert vm.wait_serving() == vm_id
     assert re.match(r"Linux version 6\.", vm.kernel_version)
@@ -144,7 +145,15 @@ def test_linux_vm_and_host_peer(domain: Domain, guest: Guest) -> None:
     thread = serve_in_thread(echo.EchoResponder(host), stop)
     payloads = [b"\x01", b"guest to host", bytes(range(200, 256))]
     try:
-        args = [*hexes(*payloads), "--target", str(host.id), "--serve-count", "1"]
+        args = [
+            *hexes(*payloads),
+            "--target",
+            str(host.id),
+            "--timeout",
+            "20",
+            "--serve-count",
+            "1",
+        ]
         vm = domain.linux(guest, args)
         vm.wait_line(r"peer \d+: 3 of 3 replies verified")
     finally:
@@ -167,8 +176,11 @@ def test_two_linux_vms(domain: Domain, guest: Guest) -> None:
     """
     server = domain.linux(guest, ["--serve-count", "4"])
     client = domain.linux(
-        guest, ["--target", str(server.peer_id), "--count", "4", "--size", "33", "--bar0-rw"]
-    )
+        guest,
+        # the other VM may finish booting much later on a loaded machine: wait for it
+        ["--target", str(server.peer_id), "--count", "4", "--size", "33", "--timeout", "60",
+         "--bar0-rw"],
+    )  # fmt: skip
     assert client.wait() == 0, client.console()
     assert server.wait() == 0, server.console()
     replies = client.replies()
