@@ -67,12 +67,33 @@ def _version_key(version: str) -> list[object]:
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", version)]
 
 
+#: What the guest needs built into the kernel (checked in /boot/config-VERSION if present).
+_BUILTIN = ("CONFIG_INTEL_IOMMU=y", "CONFIG_IRQ_REMAP=y")
+
+
+def _usable(version: str) -> bool:
+    """The image has its modules, with vfio-pci and the type 1 IOMMU, and an IOMMU driver.
+
+    So that a trimmed flavour installed beside ``linux-image-amd64`` (a CI machine's own
+    kernel, say) is never picked for lacking what the guest needs.
+    """
+    try:
+        _modules(version)
+    except (FileNotFoundError, OSError):
+        return False
+    config = Path("/boot") / f"config-{version}"
+    if config.exists():
+        lines = set(config.read_text(errors="replace").splitlines())
+        return all(option in lines for option in _BUILTIN)
+    return True
+
+
 def kernel_versions() -> list[str]:
-    """Installed kernels that can run the guest (image in /boot and vfio-pci), newest first."""
+    """Installed kernels that can run the guest (see :func:`_usable`), newest first."""
     found = []
     for image in Path("/boot").glob("vmlinuz-*"):
         version = image.name.removeprefix("vmlinuz-")
-        if (Path("/lib/modules") / version / "modules.dep").exists():
+        if _usable(version):
             found.append(version)
     return sorted(found, key=_version_key, reverse=True)
 
