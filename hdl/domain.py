@@ -53,7 +53,14 @@ from .transport import (
     transport_ports,
 )
 
-__all__ = ["RAM_KINDS", "Ice40Spram", "IvshmemDomain", "RamSignature", "domain_port_signature"]
+__all__ = [
+    "RAM_KINDS",
+    "BlockRam",
+    "Ice40Spram",
+    "IvshmemDomain",
+    "RamSignature",
+    "domain_port_signature",
+]
 
 #: What ``IvshmemDomain(ram=...)`` accepts.
 RAM_KINDS = ("bram", "spram", "external")
@@ -98,8 +105,12 @@ class RamSignature(AddressedSignature):
         })  # fmt: skip
 
 
-class _Bram(wiring.Component):
-    """The shared memory as an Amaranth memory: block RAM where the FPGA has it."""
+class BlockRam(wiring.Component):
+    """The shared memory as an Amaranth memory: block RAM where the FPGA has it.
+
+    What ``ram="bram"`` uses inside the domain; a board top may also put it (or
+    any RAM with the same port) on the ``ram`` port of a ``ram="external"`` domain.
+    """
 
     def __init__(self, addr_width: int) -> None:
         self._depth = 1 << addr_width
@@ -380,7 +391,7 @@ class IvshmemDomain(wiring.Component):
         if self._ram == "external":
             ram = self.ram
         else:
-            store = _Bram(self.word_bits) if self._ram == "bram" else Ice40Spram(self.word_bits)
+            store = BlockRam(self.word_bits) if self._ram == "bram" else Ice40Spram(self.word_bits)
             m.submodules.ram = store
             ram = store.port
         mems = [port.mem for port in self.ports]

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 from amaranth.hdl import Fragment, Module, Value
-from amaranth.lib import data
+from amaranth.lib import data, wiring
 from amaranth.sim import Simulator
 
-from ivhw.hdl.domain import IvshmemDomain
+from ivhw.hdl.domain import BlockRam, IvshmemDomain
 from ivhw.hdl.flat import IvshmemFlat
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "hdl"))
@@ -47,10 +47,27 @@ def _seed() -> int:
     return int(os.environ.get("IVHW_SEED", "0")) or random.randrange(1, 1 << 32)
 
 
-def run_scenario(name: str, seed: int, **params: Any) -> DomainEnv:
-    """Run scenario ``name`` on a fresh domain in Amaranth's simulator; the env after it."""
-    dut = IvshmemDomain(TEST_PORTS, shm_size=TEST_SHM_SIZE, event_depth=TEST_EVENT_DEPTH)
-    env = DomainEnv(random.Random(seed))
+def run_scenario(
+    name: str,
+    seed: int,
+    ports: tuple[tuple[int, int], ...] = TEST_PORTS,
+    shm_size: int = TEST_SHM_SIZE,
+    ram: str = "bram",
+    **params: Any,
+) -> DomainEnv:
+    """Run scenario ``name`` on a fresh domain in Amaranth's simulator; the env after it.
+
+    With ``ram="external"`` the test connects the RAM to the domain's ``ram`` port,
+    as a board top would.
+    """
+    dut = IvshmemDomain(ports, shm_size=shm_size, event_depth=TEST_EVENT_DEPTH, ram=ram)
+    top: Any = dut
+    if ram == "external":
+        top = Module()
+        top.submodules.domain = dut
+        top.submodules.ram = memory = BlockRam(dut.word_bits)
+        wiring.connect(top, dut.ram, memory.port)
+    env = DomainEnv(random.Random(seed), ports=ports, shm_size=shm_size)
     check = SCENARIOS[name](env, **params)
     outputs = [(name, _signal(dut, name)) for name in env.outputs]
     inputs: dict[str, Value] = {}
@@ -68,7 +85,7 @@ def run_scenario(name: str, seed: int, **params: Any) -> DomainEnv:
         await run(env, step, limit=20_000)
         check()
 
-    sim = Simulator(dut)
+    sim = Simulator(top)
     sim.add_clock(1e-6)
     sim.add_testbench(bench)
     sim.run()
@@ -83,6 +100,19 @@ def test_scenario(scenario: str) -> None:
         run_scenario(scenario, seed, **params)
     except AssertionError as error:
         raise AssertionError(f"seed {seed} (rerun with IVHW_SEED={seed}): {error}") from None
+
+
+@pytest.mark.parametrize("scenario", ["directed", "random_mix"])
+def test_one_port_and_the_smallest_memory(scenario: str) -> None:
+    """One port (it can only ring itself) and 16 bytes of memory: the arbiters degenerate."""
+    seed = _seed()
+    run_scenario(scenario, seed, ports=((7, 3),), shm_size=16)
+
+
+def test_external_ram() -> None:
+    """``ram="external"``: the same traffic through a RAM the board top supplies."""
+    seed = _seed()
+    run_scenario("random_mix", seed, ram="external", operations=40)
 
 
 @pytest.mark.parametrize(
