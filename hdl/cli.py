@@ -14,6 +14,7 @@ Bad arguments print one line and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,10 +22,155 @@ from pathlib import Path
 
 from ..sw.size import size_type
 
-__all__ = ["DEVICES", "Device", "main"]
+__all__ = ["DEVICES", "Device", "main", "verilog_name"]
 
 #: ``--shm-size``: the project's one size grammar; the device checks its own minimum.
 _SHM_SIZE = size_type(minimum=1, power_of_two=True, what="shm size")
+
+
+#: Verilog-2005 reserved words (IEEE 1364-2005, annex B): not usable as a module name.
+_VERILOG_KEYWORDS = frozenset(
+    [
+        "always",
+        "and",
+        "assign",
+        "automatic",
+        "begin",
+        "buf",
+        "bufif0",
+        "bufif1",
+        "case",
+        "casex",
+        "casez",
+        "cell",
+        "cmos",
+        "config",
+        "deassign",
+        "default",
+        "defparam",
+        "design",
+        "disable",
+        "edge",
+        "else",
+        "end",
+        "endcase",
+        "endconfig",
+        "endfunction",
+        "endgenerate",
+        "endmodule",
+        "endprimitive",
+        "endspecify",
+        "endtable",
+        "endtask",
+        "event",
+        "for",
+        "force",
+        "forever",
+        "fork",
+        "function",
+        "generate",
+        "genvar",
+        "highz0",
+        "highz1",
+        "if",
+        "ifnone",
+        "incdir",
+        "include",
+        "initial",
+        "inout",
+        "input",
+        "instance",
+        "integer",
+        "join",
+        "large",
+        "liblist",
+        "library",
+        "localparam",
+        "macromodule",
+        "medium",
+        "module",
+        "nand",
+        "negedge",
+        "nmos",
+        "nor",
+        "noshowcancelled",
+        "not",
+        "notif0",
+        "notif1",
+        "or",
+        "output",
+        "parameter",
+        "pmos",
+        "posedge",
+        "primitive",
+        "pull0",
+        "pull1",
+        "pulldown",
+        "pullup",
+        "pulsestyle_ondetect",
+        "pulsestyle_onevent",
+        "rcmos",
+        "real",
+        "realtime",
+        "reg",
+        "release",
+        "repeat",
+        "rnmos",
+        "rpmos",
+        "rtran",
+        "rtranif0",
+        "rtranif1",
+        "scalared",
+        "showcancelled",
+        "signed",
+        "small",
+        "specify",
+        "specparam",
+        "strong0",
+        "strong1",
+        "supply0",
+        "supply1",
+        "table",
+        "task",
+        "time",
+        "tran",
+        "tranif0",
+        "tranif1",
+        "tri",
+        "tri0",
+        "tri1",
+        "triand",
+        "trior",
+        "trireg",
+        "unsigned",
+        "use",
+        "uwire",
+        "vectored",
+        "wait",
+        "wand",
+        "weak0",
+        "weak1",
+        "while",
+        "wire",
+        "wor",
+        "xnor",
+        "xor",
+    ]
+)
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
+
+
+def verilog_name(text: str) -> str:
+    """A Verilog module name (a simple identifier, not a keyword), for ``--name``."""
+    if _IDENTIFIER.fullmatch(text) is None or len(text) > 1024:
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise argparse.ArgumentTypeError(
+            f"not a Verilog module name: {shown!r} (letters, digits, _ and $, "
+            "not starting with a digit or $)"
+        )
+    if text in _VERILOG_KEYWORDS:
+        raise argparse.ArgumentTypeError(f"{text!r} is a Verilog keyword")
+    return text
 
 
 def _integer(text: str) -> int:
@@ -177,7 +323,10 @@ def _parser() -> argparse.ArgumentParser:
             )
         default_name = "ivshmem_<device>_<bus>" if device.bus else f"ivshmem_{name}"
         sub.add_argument(
-            "--name", default=None, help=f"Verilog module name (default {default_name})"
+            "--name",
+            type=verilog_name,
+            default=None,
+            help=f"Verilog module name (default {default_name})",
         )
         sub.add_argument("-o", "--output", required=True, type=Path,
                          help="Verilog file to write ('-' for stdout)")  # fmt: skip

@@ -37,6 +37,10 @@ def test_writes_verilog(tmp_path: Path, bus: str, port: str) -> None:
         (["verilog", "pci", "--shm-size", "8"], "shm_size must be >= 16, not 8"),
         (["verilog", "pci", "--bus", "axil"], "unrecognized arguments: --bus"),
         (["verilog", "flat"], "required: -o/--output"),
+        (["verilog", "flat", "--name", "a b"], "--name: not a Verilog module name: 'a b'"),
+        (["verilog", "pci", "--name", "9top"], "--name: not a Verilog module name: '9top'"),
+        (["verilog", "flat", "--name", ""], "--name: not a Verilog module name: ''"),
+        (["verilog", "flat", "--name", "module"], "--name: 'module' is a Verilog keyword"),
         (["verilog", "flat", "-o", "/nonexistent/dir/x.v"], "cannot write"),
         (["verilog", "domain"], "required: --port"),
         (
