@@ -37,8 +37,10 @@ __all__ = [
     "DeviceKind",
     "build",
     "build_root",
+    "check_choice",
     "default_engine",
     "device_header",
+    "is_built",
     "runner_for",
     "soc_image",
 ]
@@ -270,6 +272,52 @@ def _native_compiler(kind: DeviceKind, waves: bool) -> Callable[[Path, Path, Any
     return compile
 
 
+def check_choice(device: str, sim: str, engine: str) -> None:
+    """``ValueError`` unless ``device``, ``sim`` and ``engine`` exist and go together."""
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
+    if sim not in SIMULATORS:
+        raise ValueError(f"unknown simulator {sim!r}; choose from {', '.join(SIMULATORS)}")
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+    if engine == "native" and sim != "verilator":
+        raise ValueError(f"the native engine runs on Verilator only, not on {sim}")
+
+
+def _key(
+    device: str,
+    sim: str,
+    vectors: int,
+    shm_size: int,
+    waves: bool,
+    engine: str,
+    firmware: bytes | None = None,
+) -> str:
+    prefix = "native" if engine == "native" else sim
+    tag = "" if firmware is None else "-fw" + hashlib.sha256(firmware).hexdigest()[:12]
+    return (
+        f"{device}-{prefix}-v{vectors}-s{shm_size}{tag}{'-waves' if waves else ''}-"
+        f"{_sources_hash(engine)}"
+    )
+
+
+def is_built(
+    device: str,
+    sim: str,
+    *,
+    vectors: int,
+    shm_size: int,
+    waves: bool = False,
+    root: Path | None = None,
+    engine: str = "cocotb",
+    firmware: bytes | None = None,
+) -> bool:
+    """Whether :func:`build` with these parameters would reuse a finished build."""
+    root = build_root() if root is None else root
+    key = _key(device, sim, vectors, shm_size, waves, engine, firmware)
+    return (root / key / ".built").exists()
+
+
 def build(
     device: str,
     sim: str,
@@ -285,27 +333,14 @@ def build(
 
     ``firmware`` is the RAM image of the ``soc`` device (required for it, else unused).
     """
-    if device not in DEVICES:
-        raise ValueError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
-    if sim not in SIMULATORS:
-        raise ValueError(f"unknown simulator {sim!r}; choose from {', '.join(SIMULATORS)}")
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
-    if engine == "native" and sim != "verilator":
-        raise ValueError(f"the native engine runs on Verilator only, not on {sim}")
+    check_choice(device, sim, engine)
     kind = DEVICES[device]
     extra: tuple[bytes, ...] = ()
-    tag = ""
     if device == "soc":
         if firmware is None:
             raise ValueError("the soc device needs a firmware image")
         extra = (firmware,)
-        tag = "-fw" + hashlib.sha256(firmware).hexdigest()[:12]
-    prefix = "native" if engine == "native" else sim
-    key = (
-        f"{device}-{prefix}-v{vectors}-s{shm_size}{tag}{'-waves' if waves else ''}-"
-        f"{_sources_hash(engine)}"
-    )
+    key = _key(device, sim, vectors, shm_size, waves, engine, firmware)
     build_dir = (build_root() if root is None else root) / key
     # the parameters are checked before anything is built (ValueError/TypeError)
     top = None if (build_dir / ".built").exists() else kind.make(vectors, shm_size, *extra)

@@ -17,9 +17,14 @@ under ``build/cosim``, see :mod:`ivhw.cosim.build`), then run by one of two
 engines in a child process: ``native`` (Verilator's model with the clock and the
 transport in C++, :mod:`ivhw.cosim.native`; the default on Verilator) or
 ``cocotb`` (cocotb with :mod:`ivhw.cosim.bridge` as its test; Icarus always uses
-it). Either joins the server at ``--socket`` and stays a peer until the guest
-returns, SIGTERM/SIGINT, ``--seconds``, or the server goes away (one-line
-message, exit status 3). Bad arguments: one line, status 2.
+it). The device gets the server's shared-memory size (``--shm-size``, when
+given, is only checked against it): the CLI connects, reads the size from the
+handshake without consuming it, builds for that size (cached) and hands the
+connection to the engine, which stays a peer until the guest returns,
+SIGTERM/SIGINT, ``--seconds``, or the server goes away (one-line message, exit
+status 3). Bad arguments: one line, status 2. A server that cannot be joined
+(refused, not an ivshmem server, another size than ``--shm-size``): one line,
+status 4.
 """
 
 from __future__ import annotations
@@ -29,9 +34,11 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,6 +50,26 @@ __all__ = ["main"]
 
 #: ``--shm-size``: the project's one size grammar; the hardware needs a power of two.
 _SHM_SIZE = size_type(minimum=1, power_of_two=True, what="shm size")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, not {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return value
+
+
+def _cycles(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _vectors(text: str) -> int:
@@ -82,8 +109,9 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--vectors", type=_vectors, default=1, help="own vectors (default 1)")
     parser.add_argument(
-        "--shm-size", type=_SHM_SIZE, default=4 << 20,
-        help="the server's shared-memory size: 4096, 0x1000, 64K, 4M (default 4M)",
+        "--shm-size", type=_SHM_SIZE, default=None,
+        help="require this shared-memory size of the server: 4096, 0x1000, 64K, 4M "
+        "(default: whatever the server has)",
     )  # fmt: skip
     parser.add_argument(
         "--guest", default=None,
@@ -98,9 +126,9 @@ def _parser() -> argparse.ArgumentParser:
         help="an option for the guest (repeatable)",
     )  # fmt: skip
     parser.add_argument("--waves", type=Path, metavar="FILE", help="write a waveform to FILE")
-    parser.add_argument("--seconds", type=float, help="leave after this many seconds")
+    parser.add_argument("--seconds", type=_seconds, help="leave after this many seconds")
     parser.add_argument(
-        "--poll-cycles", type=int, default=8,
+        "--poll-cycles", type=_cycles, default=8,
         help="while busy, poll the eventfds every N cycles (default 8)",
     )  # fmt: skip
     parser.add_argument("--status", type=Path, help="write the outcome and statistics as JSON")
@@ -126,7 +154,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not os.path.exists(args.socket):
         print(f"{prog}: error: no ivshmem server socket at {args.socket}", file=sys.stderr)
         return 2
-    firmware = None
     if args.device == "soc":
         # the tile's CPU runs the firmware: no Python guest (either engine decodes the
         # tile's console)
@@ -135,12 +162,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                   file=sys.stderr)  # fmt: skip
             return 2
         args.guest = "none"
-        try:
-            root = (args.build_dir or builds.build_root()) / "firmware"
-            firmware = builds.soc_image(args.firmware, args.shm_size, args.guest_arg, root)
-        except ValueError as error:
-            print(f"{prog}: error: {error}", file=sys.stderr)
-            return 2
     elif args.guest is None:
         args.guest = "echo"
     try:
@@ -152,11 +173,145 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     engine = args.engine or builds.default_engine(args.sim)
     try:
-        built = builds.build(
+        builds.check_choice(args.device, args.sim, engine)
+    except ValueError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    from .session import STATUS_JOIN_FAILED
+
+    # The device is built for the server's shared-memory size, which its handshake
+    # tells (peeked, not consumed); the simulator then takes over that very connection,
+    # so the device joins once. A first build for a size takes a while: meanwhile the
+    # device is not yet a peer, since peers would see it joined and get no answer.
+    firmwares: dict[int, bytes | None] = {}
+
+    def firmware(size: int) -> bytes | None:
+        """The soc tile's RAM image for ``size`` (it knows the size); ValueError if bad."""
+        if size not in firmwares:
+            root = (args.build_dir or builds.build_root()) / "firmware"
+            firmwares[size] = (
+                builds.soc_image(args.firmware, size, args.guest_arg, root)
+                if args.device == "soc"
+                else None
+            )
+        return firmwares[size]
+
+    def cached(size: int) -> bool:
+        return builds.is_built(
             args.device,
             args.sim,
             vectors=args.vectors,
-            shm_size=args.shm_size,
+            shm_size=size,
+            waves=args.waves is not None,
+            root=args.build_dir,
+            engine=engine,
+            firmware=firmware(size),
+        )
+
+    server: socket.socket | None = None
+    try:
+        size = args.shm_size
+        if size is None or cached(size):
+            joined = _connect(prog, args.socket, size)
+            if joined is None:
+                return STATUS_JOIN_FAILED  # like a refused connection, the reason printed
+            server, size = joined
+            if not cached(size):
+                server.close()
+                server = None
+        built = _build(prog, args, engine, size, firmware(size))
+    except ValueError as error:  # the firmware for this size
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        built = 2
+    if isinstance(built, int):
+        if server is not None:
+            server.close()
+        return built
+    if server is None:
+        joined = _connect(prog, args.socket, size, given=args.shm_size is not None)
+        if joined is None:
+            return STATUS_JOIN_FAILED
+        server = joined[0]
+    with contextlib.closing(server):
+        return _run(prog, args, engine, built, server)
+
+
+def _connect(
+    prog: str, path: str, wanted: int | None, *, given: bool = True
+) -> tuple[socket.socket, int] | None:
+    """A connection to the server and its shm size, or ``None`` after a one-line error.
+
+    ``wanted``: the size the server must have, from ``--shm-size`` (``given``) or
+    the size just built for after an earlier look at the server.
+    """
+    from ..sw.peer import ProtocolError, peek_shm_size
+    from ..sw.size import format_size
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(10.0)
+        sock.connect(path)
+        size = peek_shm_size(sock, timeout=10.0)
+    except (OSError, TimeoutError, ProtocolError) as error:
+        sock.close()
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        print(f"{prog}: error: cannot join the ivshmem server at {path}: {reason}",
+              file=sys.stderr)  # fmt: skip
+        return None
+    if wanted is not None and size != wanted:
+        sock.close()
+        have, want = format_size(size), format_size(wanted)
+        if given:
+            why = f"not --shm-size {want}; leave --shm-size out to take the server's"
+        else:
+            why = f"no longer {want} (restarted while the device was built?); run again"
+        print(f"{prog}: error: the server at {path} has {have} of shared memory, {why}",
+              file=sys.stderr)  # fmt: skip
+        return None
+    return sock, size
+
+
+class _Handoff:
+    """Hands the server connection to the simulator over a private UNIX socket, once."""
+
+    def __init__(self, server: socket.socket, directory: str) -> None:
+        self.path = os.path.join(directory, "handoff.sock")
+        self._server = server
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(self.path)
+        self._listener.listen(1)
+        self._thread = threading.Thread(target=self._serve, name="cosim-handoff", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        from ..sw.protocol import send_message
+
+        try:
+            link, _ = self._listener.accept()
+        except OSError:
+            return  # closed: the simulator never asked
+        with link, contextlib.suppress(OSError):
+            send_message(link, 0, self._server.fileno())
+        # the simulator holds the connection now: when it exits, the server sees it leave
+        self._server.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes a pending accept()
+        self._thread.join()
+        self._listener.close()
+
+
+def _build(
+    prog: str, args: argparse.Namespace, engine: str, shm_size: int, firmware: bytes | None
+) -> builds.Build | int:
+    """The (cached) build for ``shm_size``, or the exit status after a one-line error."""
+    try:
+        return builds.build(
+            args.device,
+            args.sim,
+            vectors=args.vectors,
+            shm_size=shm_size,
             waves=args.waves is not None,
             root=args.build_dir,
             engine=engine,
@@ -169,13 +324,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog}: error: building the {args.device} device failed: {error}", file=sys.stderr)
         return 1
 
+
+def _run(
+    prog: str, args: argparse.Namespace, engine: str, built: builds.Build, server: socket.socket
+) -> int:
+    """Run the simulator on ``built``, handing it the ``server`` connection."""
     with tempfile.TemporaryDirectory(prefix="ivhw-cosim-") as tmp:
         status_path = str(args.status) if args.status else os.path.join(tmp, "status.json")
         env = {
             "IVHW_COSIM_SOCKET": os.path.abspath(args.socket),
             "IVHW_COSIM_DEVICE": args.device,
             "IVHW_COSIM_VECTORS": str(args.vectors),
-            "IVHW_COSIM_SHM_SIZE": str(args.shm_size),
+            "IVHW_COSIM_SHM_SIZE": str(built.shm_size),
             "IVHW_COSIM_GUEST": args.guest,
             "IVHW_COSIM_GUEST_ARGS": json.dumps(dict(args.guest_arg)),
             "IVHW_COSIM_STATUS": status_path,
@@ -205,13 +365,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["IVHW_COSIM_STOP_FIFO"] = fifo
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, _forward)
-        if engine == "native":
-            os.environ["IVHW_COSIM_LIBRARY"] = str(built.library)
-            os.environ["IVHW_COSIM_WAVES"] = "" if waves is None else str(waves)
-            # the simulator is this child: no Python in it runs per cycle
-            subprocess.run([sys.executable, "-m", "ivhw.cosim.native"], stdin=subprocess.DEVNULL)
-        else:
-            _run_cocotb(args, built, tmp, waves, test_args, plusargs)
+        handoff = _Handoff(server, tmp)
+        os.environ["IVHW_COSIM_HANDOFF"] = handoff.path
+        try:
+            if engine == "native":
+                os.environ["IVHW_COSIM_LIBRARY"] = str(built.library)
+                os.environ["IVHW_COSIM_WAVES"] = "" if waves is None else str(waves)
+                # the simulator is this child: no Python in it runs per cycle
+                subprocess.run(
+                    [sys.executable, "-m", "ivhw.cosim.native"], stdin=subprocess.DEVNULL
+                )
+            else:
+                _run_cocotb(args, built, tmp, waves, test_args, plusargs)
+        finally:
+            handoff.close()
         return _outcome(prog, status_path, waves)
 
 

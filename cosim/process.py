@@ -48,7 +48,7 @@ class CosimProcess:
         engine: str | None = None,
         device: str = "flat",
         vectors: int = 1,
-        shm_size: int = 4 << 20,
+        shm_size: int | None = None,
         guest: str = "echo",
         guest_args: dict[str, object] | None = None,
         firmware: str = "echo",
@@ -66,7 +66,6 @@ class CosimProcess:
             "--device", device,
             "--sim", sim,
             "--vectors", str(vectors),
-            "--shm-size", str(shm_size),
             "--guest", "none" if device == "soc" else guest,
             "--status", os.fspath(self.status_path),
         ]  # fmt: skip
@@ -74,6 +73,8 @@ class CosimProcess:
             self.args += ["--engine", engine]
         if device == "soc":
             self.args += ["--firmware", firmware]
+        if shm_size is not None:  # else the server's size
+            self.args += ["--shm-size", str(shm_size)]
         for key, value in (guest_args or {}).items():
             self.args += ["--guest-arg", f"{key}={value}"]
         if waves is not None:

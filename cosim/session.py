@@ -17,10 +17,12 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..sw.peer import Peer, PeerJoined, PeerLeft
+from ..sw.peer import Peer, PeerJoined, PeerLeft, ProtocolError
+from ..sw.protocol import recv_message
 from .guest_api import GuestFunction
 from .pci import PciLayout
 
@@ -62,6 +64,8 @@ class BridgeConfig:
     msi_stall: int = 0  # test hook: cycles the msi sink holds ready low per message (PCI)
     waves: str | None = None  # native engine: VCD file (cocotb's runner handles its own)
     library: str | None = None  # native engine: the built shared library
+    #: where the CLI hands over its connection to the server (one connection, one join)
+    handoff: str | None = None
 
     @classmethod
     def from_env(cls) -> BridgeConfig:
@@ -81,6 +85,7 @@ class BridgeConfig:
             msi_stall=max(0, int(env.get("IVHW_COSIM_MSI_STALL") or "0")),
             waves=env.get("IVHW_COSIM_WAVES") or None,
             library=env.get("IVHW_COSIM_LIBRARY") or None,
+            handoff=env.get("IVHW_COSIM_HANDOFF") or None,
         )
 
 
@@ -125,11 +130,25 @@ def load_guest(name: str) -> GuestFunction | None:
     return function  # type: ignore[no-any-return]
 
 
+def _take_over(path: str) -> socket.socket:
+    """The server connection the CLI opened (and peeked at), received over ``path``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as link:
+        link.settimeout(10.0)
+        link.connect(path)
+        message = recv_message(link)
+    if message is None or len(message[1]) != 1:
+        for fd in message[1] if message else []:
+            os.close(fd)
+        raise OSError("ivshmem-cosim handed over no connection")
+    return socket.socket(fileno=message[1][0])
+
+
 def join(config: BridgeConfig) -> Peer:
     """Join the server as the device's peer; :class:`Stop` if that fails or sizes differ."""
     try:
-        peer = Peer(config.socket, vectors=config.vectors, timeout=10.0)
-    except (OSError, TimeoutError) as error:
+        sock = _take_over(config.handoff) if config.handoff else None
+        peer = Peer(config.socket, vectors=config.vectors, timeout=10.0, sock=sock)
+    except (OSError, TimeoutError, ProtocolError) as error:
         raise Stop(
             STATUS_JOIN_FAILED, f"cannot join the ivshmem server at {config.socket}: {error}"
         ) from None

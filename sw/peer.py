@@ -19,6 +19,7 @@ Every server message is validated; a server that breaks the protocol gets a
 
 from __future__ import annotations
 
+import array
 import asyncio
 import collections
 import contextlib
@@ -64,6 +65,7 @@ __all__ = [
     "PeerVector",
     "ProtocolError",
     "ServerGone",
+    "peek_shm_size",
 ]
 
 
@@ -192,6 +194,9 @@ class Peer:
     revision : int or None
         1 or 2 to insist on a protocol revision, ``None`` to take what the server
         speaks (told apart from its first 8 bytes).
+    sock : socket.socket, optional
+        A socket already connected to the server whose handshake nobody has
+        read yet (see :func:`peek_shm_size`); the peer owns it from then on.
 
     Attributes
     ----------
@@ -244,6 +249,7 @@ class Peer:
         timeout: float = 5.0,
         settle: float = 0.0,
         revision: int | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
         if vectors is not None and not 0 <= vectors <= MAX_VECTORS:
             raise ValueError(f"vectors must be 0..{MAX_VECTORS} or None, not {vectors!r}")
@@ -287,9 +293,13 @@ class Peer:
         self.memory: memoryview | None = None
         try:
             self._epoll = select.epoll()
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self._sock.settimeout(timeout)
-            self._sock.connect(socket_path)
+            if sock is None:
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self._sock.settimeout(timeout)
+                self._sock.connect(socket_path)
+            else:
+                self._sock = sock
+                self._sock.settimeout(timeout)
             self._handshake(time.monotonic() + timeout)
             self._sock.settimeout(timeout)
             self._epoll.register(self._sock.fileno(), select.EPOLLIN)
@@ -922,3 +932,64 @@ class Peer:
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"id={self.id} vectors={self.vectors}"
         return f"<Peer {self.socket_path!r} {state} peers={self.peers}>"
+
+
+def peek_shm_size(sock: socket.socket, timeout: float = 10.0) -> int:
+    """The shared-memory size a revision 1 server is giving the new client on ``sock``.
+
+    The first three messages of the handshake (version, ID, shared memory) are
+    read with ``MSG_PEEK``: they stay in the socket for the :class:`Peer` that
+    takes ``sock`` over later (``Peer(path, sock=sock)``), so whoever peeks and
+    joins makes one connection, one join. What was peeked is checked by a
+    :class:`Peer` of its own over a socket pair, so the checks and the messages
+    are those of every peer. Raises ``ProtocolError``, ``ServerGone`` or
+    ``TimeoutError``.
+    """
+    deadline = time.monotonic() + timeout
+    want = 3 * MSG.size
+    space = socket.CMSG_SPACE(4 * 4)
+    version = MSG.pack(PROTOCOL_VERSION)
+    data, fds = b"", []
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break  # what came so far is judged below
+        if not select.select([sock], [], [], remaining)[0]:
+            continue
+        _close_all(fds)
+        data, ancillary, _flags, _addr = sock.recvmsg(
+            want, space, socket.MSG_PEEK | socket.MSG_CMSG_CLOEXEC
+        )
+        # copies of the fds: the originals stay queued in ``sock``
+        fds = [
+            fd
+            for level, kind, payload in ancillary
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+            for fd in array.array("i", payload[: len(payload) - len(payload) % 4])
+        ]
+        if len(data) >= want or not data or not version.startswith(data[: len(version)]):
+            break  # all of it, the end of the stream, or not revision 1 at all
+        time.sleep(0.01)  # the rest of the handshake is on its way
+    timed_out = remaining <= 0
+    replay, taker = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with replay:
+            whole = len(data) - len(data) % MSG.size
+            for offset in range(0, whole, MSG.size):
+                last = offset + MSG.size >= whole
+                # the fds came with the last complete message (the kernel's peek ends there)
+                rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+                replay.sendmsg([data[offset : offset + MSG.size]], rights if last and fds else [])
+            if whole < len(data):
+                replay.sendall(data[whole:])
+        try:
+            with Peer("(peeked)", sock=taker, vectors=0, revision=1, timeout=1.0) as probe:
+                return probe.shm_size
+        except ServerGone:
+            if timed_out:  # the server did not end the stream: it stalls
+                raise TimeoutError(
+                    f"no ivshmem handshake within {timeout:g} s: is this an ivshmem server?"
+                ) from None
+            raise
+    finally:
+        _close_all(fds)
