@@ -4,7 +4,8 @@
 
 For each N x V, N raw clients (``ivhw.sw.server_probe.CountingSwarm``) connect
 one after another to a fresh server subprocess, close every fd they receive at
-once and check each message against SPEC.md §1. The table shows the total time
+once and check each message against the join order of
+``docs/protocol-rev1.md``. The table shows the total time
 until every client has everything, the time per join, messages delivered
 against expected, and the server's open fds while all peers are connected.
 

@@ -1,6 +1,6 @@
 """ivshmem server, protocol revision 1: a drop-in for QEMU's ``contrib/ivshmem-server``.
 
-Same options, defaults and message order as QEMU's server (SPEC.md §1), but it
+Same options, defaults and message order as QEMU's server (``docs/protocol-rev1.md``), but it
 never loses a message: every client socket is non-blocking and has its own
 outbound queue, drained by one ``selectors`` loop as the client reads. The
 queue holds references to what must be sent (a peer's vectors, the shared

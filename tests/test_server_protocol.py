@@ -1,4 +1,7 @@
-"""The in-process ivshmem server speaks QEMU's protocol, message by message (SPEC.md §1)."""
+"""The in-process ivshmem server speaks QEMU's protocol, message by message.
+
+The protocol: ``docs/protocol-rev1.md``.
+"""
 
 from __future__ import annotations
 
