@@ -26,17 +26,25 @@ __all__ = [
     "DEVICE_ID",
     "MSIX_CAP",
     "QEMU_DOORBELL_HEADER",
+    "REV2_CLASS_BASE",
+    "REV2_CMD_WMASK",
+    "REV2_IDS",
+    "REV2_REGS_BAR",
     "REVISION_ID",
     "STATUS",
     "SUBSYSTEM_ID",
     "SUBSYSTEM_VENDOR_ID",
+    "VENDOR_CAP",
     "VENDOR_ID",
     "BarLayout",
     "BarType",
     "ConfigHeader",
     "InterruptPin",
+    "Rev2Ids",
     "bars_of",
     "config_header",
+    "rev2_config",
+    "rev2_protocol_class",
 ]
 
 #: Red Hat / Qumranet
@@ -266,6 +274,18 @@ class ConfigHeader:
         return [i for i, mask in enumerate(self.wmask_dwords) if mask]
 
 
+def _put(buf: bytearray, off: int, value: int, size: int) -> None:
+    buf[off : off + size] = int(value).to_bytes(size, "little")
+
+
+def _place_bars(init: bytearray, wmask: bytearray, bars: list[tuple[BarLayout, int]]) -> None:
+    """Type bits and writable address bits of every BAR (writing all-ones sizes it)."""
+    for bar, size in bars:
+        _put(init, bar.offset, bar.type, 4)
+        _put(wmask, bar.offset, BarLayout.wmask(size, bar.is64), 8 if bar.is64 else 4)
+        wmask[bar.offset] &= 0xF0  # the type bits are read-only
+
+
 def config_header(
     *, msix: bool, intx: bool, vectors: int, bars: list[tuple[BarLayout, int]]
 ) -> ConfigHeader:
@@ -278,7 +298,7 @@ def config_header(
     w1c = bytearray(CONFIG_SIZE)
 
     def put(off: int, value: int, size: int, buf: bytearray = init) -> None:
-        buf[off : off + size] = int(value).to_bytes(size, "little")
+        _put(buf, off, value, size)
 
     put(CFG.VENDOR_ID, VENDOR_ID, 2)
     put(CFG.DEVICE_ID, DEVICE_ID, 2)
@@ -291,10 +311,7 @@ def config_header(
     wmask[CFG.CACHE_LINE_SIZE] = 0xFF
     wmask[CFG.INTERRUPT_LINE] = 0xFF
     put(CFG.INTERRUPT_PIN, InterruptPin.INTA if intx else InterruptPin.NONE, 1)
-    for bar, size in bars:
-        put(bar.offset, bar.type, 4)
-        put(bar.offset, BarLayout.wmask(size, bar.is64), 8 if bar.is64 else 4, wmask)
-        wmask[bar.offset] &= 0xF0  # the type bits are read-only
+    _place_bars(init, wmask, bars)
     if msix:
         cap = MSIX_CAP.offset
         put(CFG.STATUS, STATUS.CAP_LIST, 2)
@@ -306,3 +323,137 @@ def config_header(
         put(cap + MSIX_CAP.PBA, MSIX_CAP.pba_word(), 4)
         put(MSIX_CAP.control_offset, MSIX_CAP.CONTROL_WMASK, 2, wmask)
     return ConfigHeader(bytes(init), bytes(wmask), bytes(w1c))
+
+
+# -- revision 2 ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rev2Ids:
+    """What a revision 2 layout puts in the header's ID registers."""
+
+    vendor: int
+    device: int
+    revision: int
+    subsystem_vendor: int
+    subsystem: int
+    #: config offset of the vendor capability and of the MSI-X capability (when present)
+    vendor_cap: int
+    msix_cap: int
+
+
+#: The two revision 2 layouts. ``final``: Jailhouse's IDs (subsystem = vendor/device),
+#: vendor capability at 40h, MSI-X at 60h (Jailhouse's places). ``rfc``: the QEMU RFC
+#: device's IDs and QEMU's default subsystem; QEMU adds the MSI-X capability first
+#: (40h, 12 bytes) and the vendor capability after it (4Ch), each new one at the head
+#: of the list; without MSI-X the vendor capability is at 40h.
+REV2_IDS = {
+    "final": Rev2Ids(0x110A, 0x4106, 0x00, 0x110A, 0x4106, 0x40, 0x60),
+    "rfc": Rev2Ids(VENDOR_ID, DEVICE_ID, 0x02, SUBSYSTEM_VENDOR_ID, SUBSYSTEM_ID, 0x4C, 0x40),
+}
+#: Base class FFh; sub-class and prog-if carry the 16-bit protocol.
+REV2_CLASS_BASE = 0xFF
+#: Command bits a revision 2 function implements: memory, bus master, INTx disable.
+REV2_CMD_WMASK = CMD.MEMORY | CMD.MASTER | CMD.INTX_DISABLE
+#: BAR0 of revision 2: one 4 KiB page of registers.
+REV2_REGS_BAR = BarLayout(0, "regs", 0x1000, BarType.MEM32)
+
+
+@dataclass(frozen=True)
+class _VendorCap:
+    """The revision 2 vendor-specific capability: its fields, offsets from its start."""
+
+    id: int = 0x09
+    NEXT: int = 0x01
+    LENGTH: int = 0x02  #: 8 bits: 18h, or 20h with the base address
+    PRIV_CTRL: int = 0x03  #: 8 bits: bit 0 one-shot (RW), the only writable bit
+    STATE_TABLE_SIZE: int = 0x04  #: u32
+    RW_SIZE: int = 0x08  #: u64
+    OUTPUT_SIZE: int = 0x10  #: u64
+    BASE: int = 0x18  #: u64, only without BAR2
+    ONESHOT: int = 0x01
+    #: length without and with the base address
+    length: int = 0x18
+    length_with_base: int = 0x20
+
+
+#: the revision 2 vendor capability
+VENDOR_CAP = _VendorCap()
+
+
+def rev2_protocol_class(protocol: int) -> int:
+    """The 24-bit class code of a revision 2 function advertising ``protocol``."""
+    if not 0 <= protocol <= 0xFFFF:
+        raise ValueError(f"the protocol is 16 bits, not {protocol!r}")
+    return REV2_CLASS_BASE << 16 | protocol
+
+
+def rev2_config(
+    *,
+    layout: str,
+    msix: bool,
+    vectors: int,
+    protocol: int,
+    state_table_size: int,
+    rw_size: int,
+    output_size: int,
+    shm_size: int | None,
+    shm_address: int | None = None,
+) -> tuple[ConfigHeader, list[tuple[BarLayout, int]]]:
+    """The header of a revision 2 function (Status is static: no write-1-to-clear bits), and
+    its BARs.
+
+    ``shm_size`` ``None``: no BAR2, the vendor capability carries ``shm_address``.
+    """
+    ids = REV2_IDS[layout]
+    init = bytearray(CONFIG_SIZE)
+    wmask = bytearray(CONFIG_SIZE)
+
+    def put(off: int, value: int, size: int, buf: bytearray = init) -> None:
+        _put(buf, off, value, size)
+
+    put(CFG.VENDOR_ID, ids.vendor, 2)
+    put(CFG.DEVICE_ID, ids.device, 2)
+    put(CFG.REVISION_ID, ids.revision, 1)
+    put(CFG.CLASS_PROG, rev2_protocol_class(protocol), 3)
+    put(CFG.SUBSYSTEM_VENDOR_ID, ids.subsystem_vendor, 2)
+    put(CFG.SUBSYSTEM_ID, ids.subsystem, 2)
+    put(CFG.COMMAND, REV2_CMD_WMASK, 2, wmask)
+    put(CFG.STATUS, STATUS.CAP_LIST, 2)  # the vendor capability is always there
+    wmask[CFG.CACHE_LINE_SIZE] = 0xFF
+    wmask[CFG.INTERRUPT_LINE] = 0xFF
+    put(CFG.INTERRUPT_PIN, InterruptPin.NONE if msix else InterruptPin.INTA, 1)
+    bars: list[tuple[BarLayout, int]] = [(REV2_REGS_BAR, REV2_REGS_BAR.size)]  # type: ignore[list-item]
+    if msix:
+        bars.append((BARS.msix, BARS.msix.size))  # type: ignore[arg-type]
+    if shm_size is not None:
+        bars.append((BARS.shm, shm_size))  # type: ignore[arg-type]
+    _place_bars(init, wmask, bars)
+    # final: 40h vendor -> 60h MSI-X; rfc: 4Ch vendor -> 40h MSI-X; no MSI-X: 40h vendor only
+    vendor = ids.vendor_cap if msix else CFG.HEADER_END
+    put(CFG.CAPABILITY_LIST, vendor, 1)
+    put(vendor, VENDOR_CAP.id, 1)
+    put(vendor + VENDOR_CAP.NEXT, ids.msix_cap if msix else 0, 1)
+    with_base = shm_size is None
+    put(
+        vendor + VENDOR_CAP.LENGTH,
+        VENDOR_CAP.length_with_base if with_base else VENDOR_CAP.length,
+        1,
+    )
+    wmask[vendor + VENDOR_CAP.PRIV_CTRL] = VENDOR_CAP.ONESHOT
+    put(vendor + VENDOR_CAP.STATE_TABLE_SIZE, state_table_size, 4)
+    put(vendor + VENDOR_CAP.RW_SIZE, rw_size, 8)
+    put(vendor + VENDOR_CAP.OUTPUT_SIZE, output_size, 8)
+    if with_base:
+        if shm_address is None:
+            raise ValueError("without BAR2 the shared memory needs an address (shm_address)")
+        put(vendor + VENDOR_CAP.BASE, shm_address, 8)
+    if msix:
+        cap = ids.msix_cap
+        put(cap, MSIX_CAP.id, 1)
+        put(cap + MSIX_CAP.NEXT, 0, 1)
+        put(cap + MSIX_CAP.CONTROL, vectors - 1, 2)
+        put(cap + MSIX_CAP.TABLE, MSIX_CAP.table_word(), 4)
+        put(cap + MSIX_CAP.PBA, MSIX_CAP.pba_word(), 4)
+        put(cap + MSIX_CAP.CONTROL, MSIX_CAP.CONTROL_WMASK, 2, wmask)
+    return ConfigHeader(bytes(init), bytes(wmask), bytes(CONFIG_SIZE)), bars

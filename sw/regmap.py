@@ -67,6 +67,7 @@ __all__ = [
     "MSIX_BAR",
     "MSIX_ENTRY",
     "PCI_REV1_REGS",
+    "PCI_REV2_REGS",
     "RC",
     "RSVD",
     "RW",
@@ -460,6 +461,60 @@ PCI_REV1_REGS = RegisterMap("ivshmem-pci-bar0", 256, [
              doc="rings the peer on the vector (QEMU decodes vector bits 7:0); "
                  "unknown peer or vector ignored; reads 0"),
 ], narrow_writes="dword")  # fmt: skip
+
+
+def _rev2_regs(layout: str) -> RegisterMap:
+    """BAR0 of ivshmem revision 2 in one of its two layouts (docs/rev2.md).
+
+    ``"final"`` is Jailhouse's, RFC v2's and the drivers' (Zephyr, Linux uio_ivshmem);
+    ``"rfc"`` is the 2019 QEMU RFC's, with a Features register at 08h and the doorbell
+    vector decoded from bits 7:0 as its device does. Both: one 4 KiB page, aligned
+    32-bit accesses only.
+    """
+    rfc = layout == "rfc"
+    vector_bits = 8 if rfc else DOORBELL.vector.width
+    base = 0x0C if rfc else 0x08  # where Interrupt Control begins
+    registers = [
+        Register("ID", 0x00, R, doc="own peer ID, unique in the domain"),
+        Register("MaxPeers", 0x04, R, doc="Maximum Peers, 2..65536, the own one included"),
+    ]
+    if rfc:
+        registers.append(
+            Register("Features", 0x08, RSVD, doc="reads 0 (RFC v1; gone in the final layout)")
+        )
+    registers += [
+        Register(
+            "IntCtrl",
+            base,
+            fields=[Field("enable", 1, RW)],
+            doc="bit 0 enables interrupt delivery; one-shot mode clears it on delivery",
+        ),
+        Register(
+            "Doorbell",
+            base + 4,
+            fields=[
+                Field("vector", vector_bits, W),
+                *([Field.reserved(DOORBELL.vector.width - vector_bits)] if rfc else []),
+                Field("peer", DOORBELL.peer.width, W),
+            ],
+            hook="doorbell",
+            doc=f"rings the target peer (31:16) on the vector ({vector_bits - 1}:0) if it "
+            "exists and has it, else no effect (counted); reads 0",
+        ),
+        Register(
+            "State",
+            base + 8,
+            RW,
+            hook="state",
+            doc="own state: stored in the own State Table entry; a change rings vector 0 "
+            "of every other peer",
+        ),
+    ]
+    return RegisterMap(f"ivshmem2-{layout}-bar0", 0x1000, registers, min_access=4)
+
+
+#: BAR0 of ivshmem revision 2 by layout: ``"final"`` and ``"rfc"``.
+PCI_REV2_REGS: dict[str, RegisterMap] = {layout: _rev2_regs(layout) for layout in ("final", "rfc")}
 
 #: Register window of ivshmem-flat (QEMU ``hw/misc/ivshmem-flat.c``): 16 bytes.
 FLAT_REGS = RegisterMap("ivshmem-flat", 16, [

@@ -38,7 +38,17 @@ class Counters:
     pending_set : int
         PCI: events that set a PBA bit (vector or function masked).
     events_dropped : int
-        PCI doorbell, MSI-X variant: events while MSI-X was disabled (QEMU 7.2 drops them).
+        PCI doorbell, MSI-X variant: events while MSI-X was disabled (QEMU 7.2 drops them);
+        revision 2: events while Interrupt Control was off or delivery impossible.
+    msi_masked : int
+        Revision 2: events for a masked vector (no pending bits: dropped).
+    intx_pulses : int
+        Revision 2, INTx: pulses of the INTx line.
+    state_changes : int
+        Revision 2: State writes that changed the state (each rings every other peer).
+    protected_writes : int
+        Revision 2: shared-memory writes dropped for the section they hit (the State
+        Table, another peer's output section).
     """
 
     rings: int = 0
@@ -51,6 +61,10 @@ class Counters:
     msi_lost: int = 0
     pending_set: int = 0
     events_dropped: int = 0
+    msi_masked: int = 0
+    intx_pulses: int = 0
+    state_changes: int = 0
+    protected_writes: int = 0
 
 
 class PeerTable:

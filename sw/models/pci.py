@@ -207,13 +207,7 @@ class IvshmemPci(HasRegisters):
         self.on_doorbell = on_doorbell
         self.on_intx = on_intx
         self.counters = Counters()
-        self.regs = RegisterFile(
-            _REG,
-            self.counters,
-            sources={"IVPosition": self._ivposition},
-            hooks={"doorbell": self._ring},
-            on_change=self._update_intx,
-        )
+        self.regs = self._make_registers()
         self._msix_bar = MmioWindow(
             MSIX_BAR.size, self.counters, self._msix_read32, self._msix_write32,
             MSIX_ENTRY.min_access,
@@ -223,6 +217,19 @@ class IvshmemPci(HasRegisters):
         self.reset()
 
     # -- variant ----------------------------------------------------------------------------
+
+    #: config offset of MSI-X Message Control (a revision 2 layout moves the capability)
+    _msix_ctrl_offset = MSIX_CAP.control_offset
+
+    def _make_registers(self) -> RegisterFile:
+        """BAR0: the register file of this variant, bound to its sources and hooks."""
+        return RegisterFile(
+            _REG,
+            self.counters,
+            sources={"IVPosition": self._ivposition},
+            hooks={"doorbell": self._ring},
+            on_change=self._update_intx,
+        )
 
     @property
     def msix(self) -> bool:
@@ -352,7 +359,7 @@ class IvshmemPci(HasRegisters):
         for off, byte in data.items():
             wm, w1c = self._wmask[off], self._w1cmask[off]
             self._cfg[off] = (self._cfg[off] & ~wm | byte & wm) & ~(byte & w1c) & 0xFF
-        if self.msix and MSIX_CAP.control_offset + 1 in data:
+        if self.msix and self._msix_ctrl_offset + 1 in data:
             self._msix_control_written(was_fmasked)
         self._update_intx()
 
@@ -399,9 +406,9 @@ class IvshmemPci(HasRegisters):
 
     def _window(self, index: int) -> MmioWindow | SharedMemory:
         bar, _ = self._bar(index)
-        if bar is BARS.shm:
+        if bar.index == BARS.shm.index:
             return self.shm
-        return self.regs if bar is BARS.regs else self._msix_bar
+        return self.regs if bar.index == BARS.regs.index else self._msix_bar
 
     def bar_read(self, index: int, offset: int, size: int = 4) -> int:
         """Read ``size`` bytes at ``offset`` of BAR ``index``, whatever the decode says."""
@@ -477,7 +484,7 @@ class IvshmemPci(HasRegisters):
         """MSI-X Message Control (0 without MSI-X)."""
         if not self.msix:
             return 0
-        off = MSIX_CAP.control_offset
+        off = self._msix_ctrl_offset
         return int.from_bytes(self._cfg[off : off + 2], "little")
 
     @property
