@@ -20,10 +20,19 @@ import enum
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from .pcicfg import BARS, bars_of
-from .regmap import FLAT_REGS, MSIX_BAR, MSIX_ENTRY, PCI_REV1_REGS, RegisterMap
+from .pcicfg import BARS, bars_of, rev2_bars
+from .regmap import FLAT_REGS, MSIX_BAR, MSIX_ENTRY, PCI_REV1_REGS, PCI_REV2_REGS, RegisterMap
+from .sections import Layout
 
-__all__ = ["BarMap", "Kind", "MemoryMap", "Window", "flat_memory_map", "pci_memory_map"]
+__all__ = [
+    "BarMap",
+    "Kind",
+    "MemoryMap",
+    "Window",
+    "flat_memory_map",
+    "pci2_memory_map",
+    "pci_memory_map",
+]
 
 
 class Kind(enum.Enum):
@@ -246,3 +255,38 @@ def pci_memory_map(*, msix: bool, vectors: int, shm_size: int) -> BarMap:
         for bar, size in bars_of(msix=msix, shm_size=shm_size)
     }
     return BarMap("ivshmem-pci", bars, miss="UR")
+
+
+def pci2_memory_map(
+    *, layout: str, msix: bool, vectors: int, sections: Layout, bar2: bool = True
+) -> BarMap:
+    """The BARs of a revision 2 function: 4 KiB registers, MSI-X, the sections in BAR2.
+
+    Without BAR2 the shared memory is at a fixed address (the vendor capability's), not
+    in a BAR; the map then has BAR0 (and BAR1) only.
+    """
+    regs = PCI_REV2_REGS[layout]
+    windows = {
+        BARS.regs.index: [Window("regs", 0, regs.size, Kind.REGISTERS, "SC", regs=regs,
+                                 doc="aligned dwords only; anything else reads 0")],
+        BARS.msix.index: [
+            Window("msix_table", MSIX_BAR.table, MSIX_BAR.entry(vectors) - MSIX_BAR.table,
+                   Kind.TABLE, "SC", regs=MSIX_ENTRY, doc="one entry per vector"),
+            Window("msix_pba", MSIX_BAR.pba, MSIX_BAR.pba_size(vectors), Kind.STATUS, "SC",
+                   doc="no pending bits in revision 2: reads 0"),
+        ],
+        BARS.shm.index: [
+            Window("state_table", 0, sections.state_table.size, Kind.MEMORY, "SC",
+                   doc="read-only: writes dropped, counted in protected_writes"),
+            *([Window("rw", sections.rw.offset, sections.rw.size, Kind.MEMORY, "SC")]
+              if sections.rw.size else []),
+            *([Window("outputs", sections.outputs.offset, sections.outputs.size, Kind.MEMORY,
+                      "SC", doc="writable only in the own output section")]
+              if sections.outputs.size else []),
+        ],
+    }  # fmt: skip
+    bars = {
+        bar.index: MemoryMap(f"bar{bar.index}", size, windows[bar.index], miss="SC, reads 0")
+        for bar, size in rev2_bars(msix=msix, shm_size=sections.shm_size if bar2 else None)
+    }
+    return BarMap(f"ivshmem2-{layout}", bars, miss="UR")

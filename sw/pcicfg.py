@@ -43,6 +43,7 @@ __all__ = [
     "Rev2Ids",
     "bars_of",
     "config_header",
+    "rev2_bars",
     "rev2_config",
     "rev2_protocol_class",
 ]
@@ -388,6 +389,16 @@ def rev2_protocol_class(protocol: int) -> int:
     return REV2_CLASS_BASE << 16 | protocol
 
 
+def rev2_bars(*, msix: bool, shm_size: int | None) -> list[tuple[BarLayout, int]]:
+    """The BARs of a revision 2 function: BAR0 (4 KiB), BAR1 with MSI-X, BAR2 unless ``None``."""
+    bars: list[tuple[BarLayout, int]] = [(REV2_REGS_BAR, REV2_REGS_BAR.size)]  # type: ignore[list-item]
+    if msix:
+        bars.append((BARS.msix, BARS.msix.size))  # type: ignore[arg-type]
+    if shm_size is not None:
+        bars.append((BARS.shm, shm_size))  # type: ignore[arg-type]
+    return bars
+
+
 def rev2_config(
     *,
     layout: str,
@@ -423,11 +434,7 @@ def rev2_config(
     wmask[CFG.CACHE_LINE_SIZE] = 0xFF
     wmask[CFG.INTERRUPT_LINE] = 0xFF
     put(CFG.INTERRUPT_PIN, InterruptPin.NONE if msix else InterruptPin.INTA, 1)
-    bars: list[tuple[BarLayout, int]] = [(REV2_REGS_BAR, REV2_REGS_BAR.size)]  # type: ignore[list-item]
-    if msix:
-        bars.append((BARS.msix, BARS.msix.size))  # type: ignore[arg-type]
-    if shm_size is not None:
-        bars.append((BARS.shm, shm_size))  # type: ignore[arg-type]
+    bars = rev2_bars(msix=msix, shm_size=shm_size)
     _place_bars(init, wmask, bars)
     # final: 40h vendor -> 60h MSI-X; rfc: 4Ch vendor -> 40h MSI-X; no MSI-X: 40h vendor only
     vendor = ids.vendor_cap if msix else CFG.HEADER_END

@@ -142,6 +142,9 @@ class RawClient:
         self.close()
 
 
+#: Messages one client reads per turn of the swarm's loop.
+_DRAIN_TURN = 256
+
 #: A decoded revision 2 message: ``(type, fields, number of fds)``; fields are INIT's
 #: seven, EVENT_FD's ``(id, vector)`` or PEER_GONE's ``(id,)``.
 Frame = tuple[int, tuple[int, ...], int]
@@ -331,7 +334,9 @@ class CountingSwarm:
         want = self.peers
         vectors = self.vectors
         rev2 = self.revision == 2
-        while True:
+        # a bounded turn per client: a server that refills one socket as fast as it is read
+        # must not starve the other clients (and get them disconnected as stalled)
+        for _ in range(_DRAIN_TURN):
             try:
                 if rev2:
                     frame = recv_frame(client.sock)
@@ -382,6 +387,7 @@ class CountingSwarm:
                 vectors == 0 or (len(client.runs) == want and client.run_len == vectors)
             ):
                 return True
+        return False
 
     def expected(self) -> int:
         """Messages every client together must receive."""

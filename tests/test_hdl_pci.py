@@ -1,7 +1,8 @@
 """The ivshmem PCI endpoint RTL on Icarus and Verilator through cocotb.
 
 cocotb modules: ``tests/hdl/pci_tb.py`` (every request against the register
-model, and QEMU's register script) and ``tests/hdl/pci_rc_tb.py`` (enumerated
+model, and QEMU's register script), ``tests/hdl/pci2_tb.py`` (revision 2 against
+its model, and the drivers' bring-up) and ``tests/hdl/pci_rc_tb.py`` (enumerated
 and driven by cocotbext-pcie's ``RootComplex``). Each simulator builds once per
 variant into ``build/hdl/pci/<sim>-<variant>-<hash>`` under a file lock, so
 pytest-xdist workers and later sessions share builds. ``WAVES=1`` records
@@ -39,7 +40,18 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "doorbell64": {"vectors": 64, "shm_size": 4096},
     "intx": {"vectors": 2, "shm_size": 4096, "interrupts": "intx", "doorbell_depth": 2},
     "plain": {"doorbell": False, "shm_size": 4096},
-}
+    # revision 2: both layouts, both interrupt modes, with and without BAR2
+    "rev2": {"revision": 2, "vectors": 4, "max_peers": 4, "output_section_size": 4096,
+             "shm_size": 1 << 16, "protocol": 0x4001, "doorbell_depth": 2},
+    "rev2-rfc": {"revision": 2, "layout": "rfc", "vectors": 2, "max_peers": 4,
+                 "output_section_size": 4096, "shm_size": 1 << 16},
+    "rev2-rfc-intx": {"revision": 2, "layout": "rfc", "interrupts": "intx", "vectors": 1,
+                      "max_peers": 4, "output_section_size": 4096, "shm_size": 1 << 15},
+    "rev2-intx-nobar2": {"revision": 2, "interrupts": "intx", "vectors": 1, "max_peers": 4,
+                         "output_section_size": 4096, "shm_size": 1 << 15, "bar2": False,
+                         "shm_address": 0x4000_0000},
+}  # fmt: skip
+REV2 = ("rev2", "rev2-rfc", "rev2-rfc-intx", "rev2-intx-nobar2")
 SIMULATORS = [
     pytest.param("icarus", marks=pytest.mark.icarus),
     pytest.param("verilator", marks=pytest.mark.verilator),
@@ -50,6 +62,11 @@ TESTS = [
     ("pci_tb", "directed", ("doorbell", "doorbell64", "intx", "plain")),
     ("pci_tb", "random_sequence", ("doorbell", "doorbell64", "intx", "plain")),
     ("pci_tb", "regscript_differential", ("doorbell", "doorbell64", "plain")),
+    ("pci2_tb", "config_reset", REV2),
+    ("pci2_tb", "directed", REV2),
+    ("pci2_tb", "random_sequence", REV2),
+    ("pci2_tb", "zephyr_init", ("rev2", "rev2-intx-nobar2")),
+    ("pci2_tb", "linux_init", ("rev2", "rev2-intx-nobar2")),
     ("pci_rc_tb", "enumerate_and_msix", ("doorbell",)),
     ("pci_rc_tb", "enumerate_intx", ("intx",)),
     ("pci_rc_tb", "enumerate_plain", ("plain",)),

@@ -64,9 +64,23 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ...sw.memmap import BarMap, pci_memory_map
-from ...sw.pcicfg import BARS, CFG, CMD, CONFIG_SIZE, MSIX_CAP, STATUS, bars_of, config_header
-from ...sw.regmap import DOORBELL, MAX_VECTORS, MSIX_BAR, MSIX_ENTRY, PCI_REV1_REGS
+from ...sw.memmap import BarMap, pci2_memory_map, pci_memory_map
+from ...sw.pcicfg import (
+    BARS,
+    CFG,
+    CMD,
+    CONFIG_SIZE,
+    MSIX_CAP,
+    REV2_IDS,
+    STATUS,
+    VENDOR_CAP,
+    BarLayout,
+    bars_of,
+    config_header,
+    rev2_config,
+)
+from ...sw.regmap import DOORBELL, MAX_VECTORS, MSIX_BAR, MSIX_ENTRY, PCI_REV1_REGS, PCI_REV2_REGS
+from ...sw.sections import STATE_TABLE_SIZE, Layout
 from ..regs import RegisterDecode
 from ..transport import (
     Doorbell,
@@ -146,8 +160,30 @@ class IvshmemPci(wiring.Component):
         shm_size: int = 4 * _MiB,
         interrupts: Literal["msix", "intx"] | None = None,
         doorbell_depth: int = 4,
+        revision: Literal[1, 2] = 1,
+        layout: Literal["final", "rfc"] = "final",
+        max_peers: int = 2,
+        output_section_size: int = 0,
+        state_table_size: int = STATE_TABLE_SIZE,
+        protocol: int = 0,
+        bar2: bool = True,
+        shm_address: int | None = None,
     ) -> None:
         try:
+            if revision not in (1, 2):
+                raise ValueError(f"revision must be 1 or 2, not {revision!r}")
+            if revision == 2:
+                if not doorbell:
+                    raise ValueError("revision 2 has no plain variant; leave doorbell set")
+                if layout not in PCI_REV2_REGS:
+                    raise ValueError(f"layout must be 'final' or 'rfc', not {layout!r}")
+                if bar2 == (shm_address is not None):
+                    raise ValueError("give shm_address exactly when there is no BAR2 (bar2=False)")
+                if not bar2 and (shm_address < 0 or shm_address % shm_size):  # type: ignore[operator]
+                    raise ValueError(
+                        f"shm_address must be aligned to shm_size, not {shm_address!r}"
+                    )
+                self._sections = Layout(shm_size, max_peers, output_section_size, state_table_size)
             if not isinstance(doorbell, bool):
                 raise TypeError(f"doorbell must be a bool, not {doorbell!r}")
             if doorbell:
@@ -166,18 +202,54 @@ class IvshmemPci(wiring.Component):
         self._doorbell = doorbell
         self._interrupts = interrupts
         self._shm_size = shm_size
-        self._bars = bars_of(msix=self.msix, shm_size=shm_size)
-        self._cfg = config_header(
-            msix=self.msix, intx=interrupts == "intx", vectors=vectors, bars=self._bars
-        )
+        self._revision = revision
+        self._layout = layout
+        self._max_peers = max_peers
+        self._protocol = protocol
+        self._shm_address = shm_address
+        self._msix_ctrl = MSIX_CAP.control_offset
+        extra: dict[str, wiring.Member] = {}
+        if revision == 1:
+            bars: list[tuple[BarLayout, int]] = bars_of(msix=self.msix, shm_size=shm_size)
+            self._cfg = config_header(
+                msix=self.msix, intx=interrupts == "intx", vectors=vectors, bars=bars
+            )
+            memory_map = pci_memory_map(msix=self.msix, vectors=vectors, shm_size=shm_size)
+        else:
+            sections = self._sections
+            try:
+                rev2_config_parts = rev2_config(
+                    layout=layout,
+                    msix=self.msix,
+                    vectors=vectors,
+                    protocol=protocol,
+                    state_table_size=sections.state_table.size,
+                    rw_size=sections.rw.size,
+                    output_size=sections.output_section_size,
+                    shm_size=shm_size if bar2 else None,
+                    shm_address=shm_address,
+                )
+            except ValueError:
+                self._MustUse__used = True  # refused at construction: not an unused elaboratable
+                raise
+            self._cfg, bars = rev2_config_parts
+            memory_map = pci2_memory_map(
+                layout=layout, msix=self.msix, vectors=vectors, sections=sections, bar2=bar2
+            )
+            ids = REV2_IDS[layout]
+            self._msix_ctrl = ids.msix_cap + MSIX_CAP.CONTROL
+            self._vendor_cap = ids.vendor_cap if self.msix else CFG.HEADER_END
+            extra["protected_writes"] = Out(32)
+        self._bars = bars
         super().__init__({
             "req": In(request_signature()),
             "cpl": Out(completion_signature()),
             "msi": Out(msi_signature()),
             "intx": Out(1),
             **transport_members(shm_size),
+            **extra,
         })  # fmt: skip
-        self.req.memory_map = pci_memory_map(msix=self.msix, vectors=vectors, shm_size=shm_size)
+        self.req.memory_map = memory_map
 
     @property
     def doorbell_variant(self) -> bool:
@@ -199,6 +271,10 @@ class IvshmemPci(wiring.Component):
     @property
     def shm_size(self) -> int:
         return self._shm_size
+
+    @property
+    def revision(self) -> int:
+        return self._revision
 
     @property
     def config_init(self) -> tuple[int, ...]:
@@ -227,9 +303,10 @@ class IvshmemPci(wiring.Component):
         mem_en = command[_bit(CMD.MEMORY)]
         master = command[_bit(CMD.MASTER)]
         intx_disable = command[_bit(CMD.INTX_DISABLE)]
+        rev2 = self._revision == 2
         if self.msix:
-            ctrl_shift = 8 * (MSIX_CAP.control_offset % 4)
-            ctrl = regs[MSIX_CAP.control_offset // 4][ctrl_shift : ctrl_shift + 16]
+            ctrl_shift = 8 * (self._msix_ctrl % 4)
+            ctrl = regs[self._msix_ctrl // 4][ctrl_shift : ctrl_shift + 16]
             msix_en = ctrl[_bit(MSIX_CAP.ENABLE)]
             fmasked = ~msix_en | ctrl[_bit(MSIX_CAP.MASKALL)]
         else:
@@ -256,6 +333,11 @@ class IvshmemPci(wiring.Component):
             hit = Signal(name=f"hit_bar{bar.index}")
             m.d.comb += hit.eq(decodes & (r.addr[low:] == base))
             hits[bar.index] = hit
+        if rev2 and self._shm_address is not None:
+            # no BAR2: the shared memory sits at a fixed address and always decodes
+            fixed = Signal(name="hit_shm_fixed")
+            m.d.comb += fixed.eq(r.addr[shm_bits:] == self._shm_address >> shm_bits)
+            hits[BARS.shm.index] = fixed
 
         # -- state ----------------------------------------------------------------------------
         pba = Signal(vectors)
@@ -283,7 +365,11 @@ class IvshmemPci(wiring.Component):
         db_width = Shape.cast(Doorbell).width
         fifo = add_doorbell_queue(m, self, self._doorbell_depth)
         pending_db = Signal(db_width)
-        m.d.comb += self.peers.peer.eq(pending_db[DOORBELL.peer.lsb :])
+        db_peer = pending_db[DOORBELL.peer.lsb :]
+        m.d.comb += self.peers.peer.eq(db_peer)
+        # revision 2: a changed state is queued as doorbells on vector 0 to every other known
+        # peer, peer 0 first; ``broadcast`` runs them through QUERY and PUSH like a write
+        broadcast = Signal()
         db_vector = pending_db[DOORBELL.vector.lsb : DOORBELL.vector.lsb + DOORBELL.vector.width]
 
         # MSI-X table: address low/high and data of every vector in one memory; masks in FFs.
@@ -307,10 +393,11 @@ class IvshmemPci(wiring.Component):
         pba_words = MSIX_BAR.pba_size(vectors) // 4
         in_pba = (bar1_word >= pba_first) & (bar1_word < pba_first + pba_words)
         pba_word = Signal(32)
-        with m.Switch(bar1_word - pba_first):
-            for k in range(pba_words):
-                with m.Case(k):
-                    m.d.comb += pba_word.eq(pba[32 * k : 32 * (k + 1)])
+        if not rev2:  # revision 2 has no pending bits: its PBA reads 0
+            with m.Switch(bar1_word - pba_first):
+                for k in range(pba_words):
+                    with m.Case(k):
+                        m.d.comb += pba_word.eq(pba[32 * k : 32 * (k + 1)])
 
         m.d.comb += [
             t_rd.addr.eq(t_vector),
@@ -336,16 +423,57 @@ class IvshmemPci(wiring.Component):
             m.next = "QUERY"  # completes once validated and queued
             return True
 
-        ivposition = Const(0, 32)
-        if self._doorbell:
-            ivposition = Mux(self.ident.valid, self.ident.id, _REGS.IVPosition.reset)
-        bar0 = RegisterDecode(_REGS, sources={"IVPosition": ivposition}, hooks={"doorbell": ring})
-        intrmask = bar0.storage("IntrMask")
-        intrstatus = bar0.storage("IntrStatus")
         intx_state = Signal()
-        if self._interrupts == "intx":
-            m.d.comb += intx_state.eq((intrstatus & intrmask) != 0)
-        m.d.comb += self.intx.eq(intx_state & ~intx_disable)
+        own_id = Mux(self.ident.valid, self.ident.id, 0)
+        state_value = Signal(32)
+        state_changed = Signal()
+        if not rev2:
+            ivposition = Const(0, 32)
+            if self._doorbell:
+                ivposition = Mux(self.ident.valid, self.ident.id, _REGS.IVPosition.reset)
+            bar0 = RegisterDecode(
+                _REGS, sources={"IVPosition": ivposition}, hooks={"doorbell": ring}
+            )
+            intrmask = bar0.storage("IntrMask")
+            intrstatus = bar0.storage("IntrStatus")
+            if self._interrupts == "intx":
+                m.d.comb += intx_state.eq((intrstatus & intrmask) != 0)
+            m.d.comb += self.intx.eq(intx_state & ~intx_disable)
+        else:
+
+            def state(m: Module, value: object, old: object) -> bool:
+                m.d.sync += [state_value.eq(value), state_changed.eq(value != old)]
+                m.next = "STATE_STORE"  # completes once stored and broadcast
+                return True
+
+            bar0 = RegisterDecode(
+                PCI_REV2_REGS[self._layout],
+                sources={"ID": own_id, "MaxPeers": self._max_peers},
+                hooks={"doorbell": ring, "state": state},
+            )
+            int_enable = bar0.field("IntCtrl", "enable")
+            priv = self._vendor_cap + VENDOR_CAP.PRIV_CTRL
+            oneshot = regs[priv // 4][8 * (priv % 4) + _bit(VENDOR_CAP.ONESHOT)]
+            intx_pulse = Signal()
+            m.d.sync += intx_pulse.eq(0)
+            m.d.comb += self.intx.eq(intx_pulse)
+            protected = Signal(32)
+            m.d.comb += self.protected_writes.eq(protected)
+            sections = self._sections
+            out_size = sections.output_section_size
+            own_out = Signal(range(sections.shm_size + 1))
+            m.d.comb += own_out.eq(sections.outputs.offset + own_id * out_size)
+            shm_off = Cat(Const(0, 2), r.addr[2:shm_bits])
+            writable = Signal()
+            m.d.comb += writable.eq(
+                ((shm_off >= sections.rw.offset) & (shm_off < sections.rw.end))
+                | (
+                    self.ident.valid
+                    & (out_size != 0)
+                    & (shm_off >= own_out)
+                    & (shm_off < own_out + out_size)
+                )
+            )
 
         cfg_index = r.addr[2:12]
 
@@ -358,11 +486,31 @@ class IvshmemPci(wiring.Component):
                         m.d.comb += t_rd.addr.eq(dv_vec)
                         m.d.sync += msi_vec.eq(dv_vec)
                         m.next = "MSI"
+                        if rev2:
+                            with m.If(oneshot):
+                                m.d.sync += int_enable.eq(0)
                 with m.Elif(self.event.valid):
                     m.d.comb += self.event.ready.eq(1)
                     ev = self.event.payload.vector
                     own = ev < vectors
-                    if self._interrupts == "intx":
+                    if rev2:
+                        # delivered only while enabled; no pending bits: a masked vector's
+                        # event is dropped, an unmasked one goes out at the next cycle
+                        gated = own & int_enable
+                        if self.msix:
+                            masked = fmasked | vmask.bit_select(ev[: len(dv_vec)], 1)
+                            with m.If(gated & msix_en & ~masked):
+                                m.d.sync += pba.bit_select(ev[: len(dv_vec)], 1).eq(1)
+                            with m.Else():
+                                m.d.sync += events_dropped.eq(events_dropped + 1)
+                        else:
+                            with m.If(gated & ~intx_disable):
+                                m.d.sync += intx_pulse.eq(1)
+                                with m.If(oneshot):
+                                    m.d.sync += int_enable.eq(0)
+                            with m.Else():
+                                m.d.sync += events_dropped.eq(events_dropped + 1)
+                    elif self._interrupts == "intx":
                         with m.If(own):
                             m.d.sync += intrstatus.eq(1)
                         with m.Else():
@@ -451,10 +599,25 @@ class IvshmemPci(wiring.Component):
                         with m.Case(field):
                             respond(data=t_rd.data[32 * lane : 32 * (lane + 1)])
 
+            def next_peer() -> None:
+                # a broadcast moves on to the next peer, or completes the State write
+                with m.If(db_peer == self._max_peers - 1):
+                    m.d.sync += broadcast.eq(0)
+                    respond()
+                with m.Else():
+                    m.d.sync += pending_db.eq(db_peer + 1 << DOORBELL.peer.lsb)
+                    m.next = "QUERY"
+
             with m.State("QUERY"):
                 m.d.comb += self.peers.req.eq(1)
                 with m.If(self.peers.ack):
-                    with m.If(self.peers.vectors == 0):
+                    with m.If(broadcast):
+                        own = self.ident.valid & (db_peer == own_id)
+                        with m.If((self.peers.vectors == 0) | own):
+                            next_peer()
+                        with m.Else():
+                            m.next = "PUSH"
+                    with m.Elif(self.peers.vectors == 0):
                         m.d.sync += bad_peer.eq(bad_peer + 1)
                         respond()
                     with m.Elif(db_vector >= self.peers.vectors):
@@ -466,21 +629,51 @@ class IvshmemPci(wiring.Component):
             with m.State("PUSH"):
                 m.d.comb += [fifo.w_en.eq(1), fifo.w_data.eq(pending_db)]
                 with m.If(fifo.w_rdy):
-                    respond()
+                    with m.If(broadcast):
+                        next_peer()
+                    with m.Else():
+                        respond()
+
+            if rev2:
+                with m.State("STATE_STORE"):
+                    # the own State Table entry, through the memory port
+                    with m.If(self.ident.valid):
+                        m.d.comb += [
+                            self.mem.valid.eq(1),
+                            self.mem.addr.eq(own_id),  # entry N is word N
+                            self.mem.we.eq(1),
+                            self.mem.w_data.eq(state_value),
+                            self.mem.sel.eq(0b1111),
+                        ]
+                    with m.If(~self.ident.valid | self.mem.ready):
+                        with m.If(state_changed):
+                            m.d.sync += [broadcast.eq(1), pending_db.eq(0)]
+                            m.next = "QUERY"
+                        with m.Else():
+                            respond()
 
             with m.State("SHM_REQUEST"):
-                m.d.comb += [
-                    self.mem.valid.eq(1),
-                    self.mem.addr.eq(r.addr[2:shm_bits]),
-                    self.mem.we.eq(r.kind == ReqKind.MEM_WRITE),
-                    self.mem.w_data.eq(r.data),
-                    self.mem.sel.eq(r.be),
-                ]
-                with m.If(self.mem.ready):
-                    with m.If(r.kind == ReqKind.MEM_WRITE):
-                        respond()
-                    with m.Else():
-                        m.next = "SHM_READ"
+                blocked = Const(0)
+                if rev2:
+                    # the State Table and the other peers' output sections are read-only
+                    blocked = (r.kind == ReqKind.MEM_WRITE) & ~writable
+                with m.If(blocked):
+                    if rev2:
+                        m.d.sync += protected.eq(protected + 1)
+                    respond()
+                with m.Else():
+                    m.d.comb += [
+                        self.mem.valid.eq(1),
+                        self.mem.addr.eq(r.addr[2:shm_bits]),
+                        self.mem.we.eq(r.kind == ReqKind.MEM_WRITE),
+                        self.mem.w_data.eq(r.data),
+                        self.mem.sel.eq(r.be),
+                    ]
+                    with m.If(self.mem.ready):
+                        with m.If(r.kind == ReqKind.MEM_WRITE):
+                            respond()
+                        with m.Else():
+                            m.next = "SHM_READ"
 
             with m.State("SHM_READ"):
                 with m.If(self.mem.r_valid):

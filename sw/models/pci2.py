@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal
 
+from ..memmap import BarMap, pci2_memory_map
 from ..pcicfg import BARS, CMD, REV2_IDS, VENDOR_CAP, BarLayout, rev2_config
 from ..regmap import MSIX_BAR, PCI_REV2_REGS
 from ..sections import STATE_ENTRY_SIZE, STATE_TABLE_SIZE, Layout
@@ -185,8 +186,26 @@ class IvshmemPci2(IvshmemPci):
             hooks={"doorbell": self._ring, "state": self._state_written},
         )
 
-    def _bars(self) -> list[tuple[BarLayout, int]]:
+    @property
+    def bars(self) -> list[tuple[BarLayout, int]]:
+        """The BARs: BAR0 (4 KiB), BAR1 with MSI-X, BAR2 unless the memory has a fixed place."""
         return self._bar_list
+
+    @property
+    def memory_map(self) -> BarMap:
+        """The BARs' maps: each BAR's windows and holes, and the miss."""
+        return pci2_memory_map(
+            layout=self.layout_name, msix=self.msix, vectors=self.vectors,
+            sections=self.sections, bar2=self.bar2,
+        )  # fmt: skip
+
+    def decode(self, address: int, size: int = 4) -> tuple[int, int] | None:
+        """``(BAR index, offset)`` of a memory access; without BAR2 the fixed window is
+        reported as BAR2's index."""
+        offset = self._fixed_window(address, size)
+        if offset is not None:
+            return BARS.shm.index, offset
+        return super().decode(address, size)
 
     def _build_config(self) -> None:
         header, bars = rev2_config(

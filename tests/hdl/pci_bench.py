@@ -3,8 +3,9 @@
 :class:`TB` owns the clock, drives the transaction interface
 (:mod:`ivhw.hdl.pci.tlp`), plays the transport (peer lookups, doorbell sink,
 events, shared memory) and collects MSI-X messages; :class:`Oracle` applies the
-same requests to the register model (``ivhw.sw.models.pci.IvshmemPci``) and says
-what the endpoint must answer. Every port is sampled at the rising edge (the
+same requests to the register model (``ivhw.sw.models.pci.IvshmemPci``, or for
+``revision`` 2 ``ivhw.sw.models.pci2.IvshmemPci2``) and says what the endpoint
+must answer. Every port is sampled at the rising edge (the
 values the flip-flops see) and driven right after it.
 
 Environment: ``IVHW_PCI_PARAMS`` (JSON of the endpoint parameters), ``IVHW_SEED``.
@@ -24,6 +25,7 @@ from cocotb.triggers import RisingEdge, with_timeout
 
 from ivhw.hdl.pci.tlp import Completion, CplStatus, MsiMessage, ReqKind, Request
 from ivhw.sw.models.pci import IvshmemPci
+from ivhw.sw.models.pci2 import IvshmemPci2
 from ivhw.sw.pcicfg import BARS
 from ivhw.sw.regmap import DOORBELL
 
@@ -53,9 +55,19 @@ def unpack(layout: Any, value: int) -> dict[str, int]:
     return {name: (value >> f.offset) & ((1 << f.width) - 1) for name, f in layout}
 
 
+_REV2_KEYS = (
+    "layout", "interrupts", "vectors", "max_peers", "output_section_size",
+    "state_table_size", "protocol", "shm_size", "bar2", "shm_address",
+)  # fmt: skip
+
+
 def model_params(params: dict[str, Any]) -> dict[str, Any]:
     """The register model's parameters for the endpoint's."""
-    keep = ("doorbell", "vectors", "shm_size", "interrupts")
+    keep = (
+        _REV2_KEYS
+        if params.get("revision") == 2
+        else ("doorbell", "vectors", "shm_size", "interrupts")
+    )
     return {k: v for k, v in params.items() if k in keep}
 
 
@@ -63,7 +75,9 @@ class Oracle:
     """The register model seen through the transaction interface: what must each request do."""
 
     def __init__(self, params: dict[str, Any]) -> None:
-        self.model = IvshmemPci(**model_params(params))
+        model = IvshmemPci2 if params.get("revision") == 2 else IvshmemPci
+        self.model = model(**model_params(params))
+        self.rev2 = params.get("revision") == 2
         self.msis: list[tuple[int, int]] = []
         self.doorbells: list[tuple[int, int]] = []
         self.intx_changes = 0
@@ -84,7 +98,10 @@ class Oracle:
             return UR, None
         index, off = hit
         write = kind is ReqKind.MEM_WRITE
-        if index == BARS.shm.index:
+        if index == BARS.shm.index:  # BAR2, or revision 2's fixed window
+            if write and self.rev2 and not m._writable(off, 4):
+                m.counters.protected_writes += 1
+                return SC, None
             if write:
                 for i in range(4):
                     if be >> i & 1:
@@ -100,9 +117,11 @@ class Oracle:
         if not self.model.doorbell or not 0 <= vector < self.model.vectors:
             self.events_dropped += 1
             return
-        before = self.model.counters.events_dropped
+        c = self.model.counters
+        before = c.events_dropped + c.msi_masked
         self.model.event(vector)
-        self.events_dropped += self.model.counters.events_dropped - before
+        # the endpoint counts a masked vector's event (revision 2) as dropped too
+        self.events_dropped += c.events_dropped + c.msi_masked - before
 
 
 class TB:
@@ -120,6 +139,7 @@ class TB:
         self.doorbell_ready_p = 0.7
         self.msi_ready_p = 0.8
         self.on_msi: Any = None
+        self.intx_pulses = 0
         self._read_reply: int | None = None
         self._acked = False
         self._cpl: tuple[int, int] | None = None
@@ -181,6 +201,8 @@ class TB:
                 self.doorbells.append(DOORBELL.unpack(int(dut.doorbell__payload.value)))
             if int(dut.event__valid.value) and int(dut.event__ready.value):
                 self.events.popleft()
+            if self.oracle.rev2 and int(dut.intx.value):
+                self.intx_pulses += 1  # revision 2's INTx is a one-cycle pulse
             if int(dut.cpl__valid.value) and int(dut.cpl__ready.value):
                 cpl = unpack(Completion, int(dut.cpl__payload.value))
                 self._cpl = (cpl["status"], cpl["data"])
@@ -292,7 +314,14 @@ class TB:
         assert self.doorbells == o.doorbells, (
             f"after {what}: doorbells {self.doorbells} model {o.doorbells}"
         )
-        assert int(dut.intx.value) == int(o.model.intx), f"after {what}: INTx differs"
+        if o.rev2:
+            pulses = (self.intx_pulses, o.model.counters.intx_pulses)
+            assert pulses[0] == pulses[1], f"after {what}: INTx pulses {pulses}"
+            protected = (int(dut.protected_writes.value), o.model.counters.protected_writes)
+            assert protected[0] == protected[1], f"after {what}: protected writes {protected}"
+            assert self.shm == bytes(o.model.shm.view), f"after {what}: shared memory differs"
+        else:
+            assert int(dut.intx.value) == int(o.model.intx), f"after {what}: INTx differs"
         c = o.model.counters
         got = (int(dut.doorbell_bad_peer.value), int(dut.doorbell_bad_vector.value),
                int(dut.bad_access.value), int(dut.events_dropped.value))  # fmt: skip
