@@ -82,6 +82,16 @@ BLOCKS: dict[str, tuple[str, Callable[[], object]]] = {
         "on-chip domain, 2 ports, 64 KiB in iCE40UP5K SPRAM",
         _domain(2, shm_size=64 << 10, ram="spram"),
     ),
+    "pci2-final": (
+        "PCI revision 2, final layout, MSI-X, 4 vectors, 16 peers, 64K output sections",
+        _pci(revision=2, vectors=4, max_peers=16, output_section_size=1 << 16),
+    ),
+    "pci2-rfc-intx": (
+        "PCI revision 2, rfc layout, INTx, 16 peers, 64K output sections",
+        _pci(
+            revision=2, layout="rfc", interrupts="intx", max_peers=16, output_section_size=1 << 16
+        ),
+    ),
 }
 #: blocks that only one family can build (a vendor primitive); the others build everywhere
 ONLY: dict[str, tuple[str, ...]] = {"domain-spram": ("ice40",)}

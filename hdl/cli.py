@@ -5,6 +5,9 @@
         -o FILE
     ivshmem-hdl verilog domain --port ID:VECTORS [--port ...] [--shm-size SIZE]
         [--ram bram|spram|external] [--event-depth N] -o FILE
+    ivshmem-hdl verilog pci --revision 2 [--layout final|rfc] [--interrupts msix|intx]
+        [--vectors N] [--max-peers N] [--output-section-size SIZE] [--shm-size SIZE]
+        [--state-table-size SIZE] [--protocol P] [--shm-address ADDR] -o FILE
 
 Each device registers a builder in ``DEVICES`` (name -> how to add its options
 and how to build it from them), so a new device is one entry plus its options.
@@ -26,6 +29,8 @@ __all__ = ["DEVICES", "Device", "main", "verilog_name"]
 
 #: ``--shm-size``: the project's one size grammar; the device checks its own minimum.
 _SHM_SIZE = size_type(minimum=1, power_of_two=True, what="shm size")
+#: revision 2 section sizes (the device checks that they are page multiples and fit)
+_SECTION = size_type(what="section size")
 
 
 #: Verilog-2005 reserved words (IEEE 1364-2005, annex B): not usable as a module name.
@@ -114,14 +119,60 @@ def _pci_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--plain", action="store_true", help="ivshmem-plain: shared memory only, no interrupts"
     )
+    parser.add_argument(
+        "--revision", type=int, choices=(1, 2), default=1,
+        help="1: QEMU's ivshmem (default); 2: ivshmem revision 2 (Jailhouse, the 2019 RFC)",
+    )  # fmt: skip
+    rev2 = parser.add_argument_group("revision 2")
+    rev2.add_argument("--layout", choices=("final", "rfc"), default=None,
+                      help="final (Jailhouse, drivers; default) or rfc")  # fmt: skip
+    rev2.add_argument("--max-peers", type=_integer, default=None, help="Maximum Peers (default 2)")
+    rev2.add_argument("--output-section-size", type=_SECTION, default=None,
+                      help="size of each output section, a page multiple (default 0)")  # fmt: skip
+    rev2.add_argument("--state-table-size", type=_SECTION, default=None,
+                      help="State Table size, a page multiple (default 4K)")  # fmt: skip
+    rev2.add_argument("--protocol", type=_integer, default=None,
+                      help="16-bit protocol in the class code (default 0)")  # fmt: skip
+    rev2.add_argument("--shm-address", type=_integer, default=None,
+                      help="no BAR2: where the shared memory is (vendor capability)")  # fmt: skip
+
+
+#: revision 2 options and their defaults; given with revision 1 they are an error
+_REV2_OPTIONS = {
+    "layout": "final",
+    "max_peers": 2,
+    "output_section_size": 0,
+    "state_table_size": 4096,
+    "protocol": 0,
+    "shm_address": None,
+}
 
 
 def _pci_build(args: argparse.Namespace) -> object:
     from .pci import IvshmemPci
 
+    given = [name for name in _REV2_OPTIONS if getattr(args, name) is not None]
+    if args.revision == 1:
+        if given:
+            option = "--" + given[0].replace("_", "-")
+            raise ValueError(f"{option} is a revision 2 option: add --revision 2")
+        if args.plain:
+            return IvshmemPci(doorbell=False, shm_size=args.shm_size, interrupts=args.interrupts)
+        return IvshmemPci(vectors=args.vectors, shm_size=args.shm_size, interrupts=args.interrupts)
     if args.plain:
-        return IvshmemPci(doorbell=False, shm_size=args.shm_size, interrupts=args.interrupts)
-    return IvshmemPci(vectors=args.vectors, shm_size=args.shm_size, interrupts=args.interrupts)
+        raise ValueError("revision 2 has no plain variant: leave out --plain")
+    options = {name: getattr(args, name) for name in _REV2_OPTIONS}
+    options = {
+        k: default if options[k] is None else options[k] for k, default in _REV2_OPTIONS.items()
+    }
+    return IvshmemPci(
+        revision=2,
+        vectors=args.vectors,
+        shm_size=args.shm_size,
+        interrupts=args.interrupts or "msix",
+        bar2=options["shm_address"] is None,
+        **options,
+    )
 
 
 def _port(text: str) -> tuple[int, int]:
@@ -168,7 +219,7 @@ def _domain_build(args: argparse.Namespace) -> object:
 DEVICES: dict[str, Device] = {
     "flat": Device("ivshmem-flat (QEMU hw/misc/ivshmem-flat.c)", _flat_options, _flat_build),
     "pci": Device(
-        "ivshmem PCI endpoint, revision 1 (ivshmem-doorbell / ivshmem-plain)",
+        "ivshmem PCI endpoint: revision 1 (ivshmem-doorbell / ivshmem-plain) or revision 2",
         _pci_options,
         _pci_build,
         bus=False,

@@ -110,3 +110,50 @@ def test_writes_domain_verilog(
         assert port in text
     for port in absent:
         assert port not in text
+
+
+@pytest.mark.parametrize(
+    "options, present",
+    [
+        (["--revision", "2", "--layout", "final", "--interrupts", "msix", "--vectors", "4",
+          "--max-peers", "4", "--output-section-size", "4K", "--shm-size", "64K"],
+         ["msi__payload", "protected_writes", "mem__addr"]),
+        (["--revision", "2", "--layout", "rfc", "--interrupts", "intx", "--vectors", "1",
+          "--max-peers", "8", "--output-section-size", "8K", "--shm-size", "128K"],
+         ["intx", "protected_writes"]),
+        (["--revision", "2", "--shm-size", "64K", "--shm-address", "0x40000000"],
+         ["protected_writes"]),
+    ],
+)  # fmt: skip
+def test_writes_revision_2_verilog(tmp_path: Path, options: list[str], present: list[str]) -> None:
+    out = tmp_path / "pci2.v"
+    assert main(["verilog", "pci", *options, "-o", str(out)]) == 0
+    text = out.read_text()
+    assert "module ivshmem_pci(" in text
+    for port in present:
+        assert port in text
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--layout", "rfc"], "--layout is a revision 2 option: add --revision 2"),
+        (["--max-peers", "4"], "--max-peers is a revision 2 option"),
+        (["--revision", "2", "--plain"], "revision 2 has no plain variant"),
+        (["--revision", "2", "--max-peers", "1"], "max peers must be 2..65536, not 1"),
+        (["--revision", "2", "--output-section-size", "1M", "--shm-size", "64K"], "needs at least"),
+        (["--revision", "2", "--output-section-size", "100"], "multiple of 4096"),
+        (["--revision", "2", "--protocol", "0x10000"], "the protocol is 16 bits"),
+        (["--revision", "3"], "invalid choice: 3"),
+        (["--revision", "2", "--layout", "v3"], "invalid choice: 'v3'"),
+    ],
+)
+def test_revision_2_bad_arguments(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        raise SystemExit(main(["verilog", "pci", *argv, "-o", "/dev/null"]))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert message in err
