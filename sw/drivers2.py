@@ -149,6 +149,25 @@ def _msix_enable(
     return count
 
 
+def _probe_bars() -> Generator[Op, int, tuple[int, int, int, int, int]]:
+    """BAR0, BAR1 and BAR2 as both drivers size them: regs, regs size, MSI-X, shm, shm size."""
+    regs, regs_size = yield from _bar(BARS.regs.index)
+    msix, _ = yield from _bar(BARS.msix.index)
+    shm, shm_size = yield from _bar(BARS.shm.index)
+    return regs, regs_size, msix, shm, shm_size
+
+
+def _vendor_cap(shm: int, shm_size: int) -> Generator[Op, int, tuple[int, int]]:
+    """The vendor capability's offset, and the shared memory's address (the capability's
+    when there is no BAR2)."""
+    cap = yield from _find_cap(VENDOR_CAP.id)
+    if cap == 0:
+        raise DriverError("vendor capability not found")
+    if shm_size == 0:
+        shm = yield from _u64(cap + VENDOR_CAP.BASE)
+    return cap, shm
+
+
 def zephyr_ivshmem_v2(
     *, msi_vectors: int = 16, msg_addr: int = 0xFEE0_0000, msg_data: int = 0x40
 ) -> Script:
@@ -156,19 +175,13 @@ def zephyr_ivshmem_v2(
     probe = Probe()
     command = yield from _cfg_read(CFG.COMMAND, 2)
     yield from _cfg_write(CFG.COMMAND, command | CMD.MEMORY | CMD.MASTER, 2)
-    regs, regs_size = yield from _bar(BARS.regs.index)
-    msix, _ = yield from _bar(BARS.msix.index)
-    shm, shm_size = yield from _bar(BARS.shm.index)
+    regs, regs_size, msix, shm, shm_size = yield from _probe_bars()
     if regs_size < _REGS.State.offset + 4:
         raise DriverError(f"register BAR of {regs_size} bytes is too small")
     probe.max_peers = yield from _mem_read(regs + _REGS.MaxPeers.offset)
     if not 2 <= probe.max_peers <= 0x10000:
         raise DriverError(f"invalid max peers {probe.max_peers}")
-    cap = yield from _find_cap(VENDOR_CAP.id)
-    if cap == 0:
-        raise DriverError("vendor capability not found")
-    if shm_size == 0:
-        shm = yield from _u64(cap + VENDOR_CAP.BASE)
+    cap, shm = yield from _vendor_cap(shm, shm_size)
     state_size = yield from _cfg_read(cap + VENDOR_CAP.STATE_TABLE_SIZE)
     if state_size < 4 * probe.max_peers:
         raise DriverError(f"state table of {state_size} bytes is too small")
@@ -199,14 +212,8 @@ def linux_uio_ivshmem() -> Script:
     probe = Probe()
     command = yield from _cfg_read(CFG.COMMAND, 2)
     yield from _cfg_write(CFG.COMMAND, command | CMD.MEMORY, 2)  # pcim_enable_device
-    regs, _ = yield from _bar(BARS.regs.index)
-    msix, _ = yield from _bar(BARS.msix.index)
-    shm, shm_size = yield from _bar(BARS.shm.index)
-    cap = yield from _find_cap(VENDOR_CAP.id)
-    if cap == 0:
-        raise DriverError("vendor capability not found")
-    if shm_size == 0:
-        shm = yield from _u64(cap + VENDOR_CAP.BASE)
+    regs, _regs_size, msix, shm, shm_size = yield from _probe_bars()
+    cap, shm = yield from _vendor_cap(shm, shm_size)
     state_size = yield from _cfg_read(cap + VENDOR_CAP.STATE_TABLE_SIZE)
     rw_size = yield from _u64(cap + VENDOR_CAP.RW_SIZE)
     out_size = yield from _u64(cap + VENDOR_CAP.OUTPUT_SIZE)

@@ -39,23 +39,11 @@ def shm_base(tb: TB) -> int:
 
 
 async def _start(dut: Any, rng_seed: int = 1) -> TB:
-    tb = TB(dut, rng_seed=rng_seed)
-    await tb.cycle_reset()
-    for peer, vectors in PEERS.items():
-        tb.set_peer(peer, vectors)
-    return tb
+    return await TB.started(dut, PEERS, rng_seed)
 
 
 async def _assign_bars(tb: TB) -> None:
-    """Size every BAR and place it at the register script's address, as firmware does."""
-    for bar, _size in tb.oracle.model.bars:
-        index = bar.index
-        words = 2 if bar.is64 else 1
-        for k in range(words):
-            await tb.access(CW, bar.offset + 4 * k, 0xF, 0xFFFF_FFFF)
-            await tb.access(CR, bar.offset + 4 * k)
-        for k in range(words):
-            await tb.access(CW, bar.offset + 4 * k, 0xF, (BAR_AT[index] >> (32 * k)) & 0xFFFF_FFFF)
+    await tb.assign_bars(BAR_AT)
 
 
 async def _msix_on(tb: TB, masked: int = 0) -> None:

@@ -174,6 +174,27 @@ class TB:
         if self._task is None:
             self._task = cocotb.start_soon(self._ports())
 
+    @classmethod
+    async def started(cls, dut: Any, peers: dict[int, int], rng_seed: int = 1) -> TB:
+        """A bench out of reset whose transport knows ``peers`` (ID -> vectors)."""
+        tb = cls(dut, rng_seed=rng_seed)
+        await tb.cycle_reset()
+        if tb.oracle.model.doorbell:
+            for peer, vectors in peers.items():
+                tb.set_peer(peer, vectors)
+        return tb
+
+    async def assign_bars(self, addresses: dict[int, int]) -> None:
+        """Size every BAR (all-ones, read back) and place it at ``addresses[index]``."""
+        for bar, _size in self.oracle.model.bars:
+            words = 2 if bar.is64 else 1
+            for k in range(words):
+                await self.access(ReqKind.CFG_WRITE, bar.offset + 4 * k, 0xF, 0xFFFF_FFFF)
+                await self.access(ReqKind.CFG_READ, bar.offset + 4 * k)
+            for k in range(words):
+                word = (addresses[bar.index] >> (32 * k)) & 0xFFFF_FFFF
+                await self.access(ReqKind.CFG_WRITE, bar.offset + 4 * k, 0xF, word)
+
     # -- transport side ---------------------------------------------------------------------
 
     def set_ident(self, peer: int | None) -> None:

@@ -31,24 +31,11 @@ REG = PCI_REV1_REGS
 
 
 async def _start(dut: Any, rng_seed: int = 1) -> TB:
-    tb = TB(dut, rng_seed=rng_seed)
-    await tb.cycle_reset()
-    if tb.oracle.model.doorbell:
-        for peer, vectors in PEERS.items():
-            tb.set_peer(peer, vectors)
-    return tb
+    return await TB.started(dut, PEERS, rng_seed)
 
 
 async def _assign_bars(tb: TB) -> None:
-    """Size every BAR (all-ones, read back) and place it at the script's address."""
-    for bar, _size in tb.oracle.model.bars:
-        index = bar.index
-        words = 2 if bar.is64 else 1
-        for k in range(words):
-            await tb.access(CW, bar.offset + 4 * k, 0xF, 0xFFFF_FFFF)
-            await tb.access(CR, bar.offset + 4 * k)
-        for k in range(words):
-            await tb.access(CW, bar.offset + 4 * k, 0xF, (BAR_AT[index] >> (32 * k)) & 0xFFFF_FFFF)
+    await tb.assign_bars(BAR_AT)
 
 
 @cocotb.test()
