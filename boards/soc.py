@@ -25,7 +25,7 @@ from ..hdl.transport import check_int, transport_members
 from .memmap import FLAT, RAM, SYS, UART
 from .periph import Ram, Sys, Uart
 
-__all__ = ["Tile"]
+__all__ = ["Soc", "Tile"]
 
 _MiB = 1 << 20
 
@@ -78,6 +78,8 @@ events_dropped
         baud: int = 115_200,
     ) -> None:
         check_int("baud", baud, 1)
+        self._vectors = vectors
+        self._shm_size = shm_size
         self._words = _words(firmware)
         self._ram_size = ram_size
         self._clock_hz = clock_hz
@@ -100,6 +102,14 @@ events_dropped
     def divisor(self) -> int:
         """UART clocks per bit."""
         return self._divisor
+
+    @property
+    def vectors(self) -> int:
+        return self._vectors
+
+    @property
+    def shm_size(self) -> int:
+        return self._shm_size
 
     def elaborate(self, platform: object) -> Module:
         from sentinel_cpu.top import Top
@@ -154,4 +164,76 @@ events_dropped
             hit_none &= region != index
         m.d.sync += unmapped.eq(hit_none & ~unmapped)
         m.d.comb += [bus.ack.eq(ack | unmapped), bus.dat_r.eq(dat_r)]
+        return m
+
+
+class Soc(wiring.Component):
+    """Tiles in one on-chip ivshmem domain: tile ``i`` is peer ``i`` with one vector.
+
+    Parameters
+    ----------
+    firmware : sequence of bytes
+        One RAM image per tile.
+    ram : str
+        The domain's shared RAM (:data:`ivhw.hdl.domain.RAM_KINDS`: ``"spram"`` on
+        the iCE40UP5K, ``"bram"`` elsewhere).
+    ram_size, shm_size, clock_hz, baud
+        As for :class:`Tile` (every tile alike).
+
+    Attributes
+    ----------
+    uart_tx : ``Out(len(firmware))``, uart_rx : ``In(len(firmware))``
+        Each tile's console.
+    led : ``Out(len(firmware))``
+        Each tile's LED (toggles on every doorbell it receives).
+    doorbell_bad_peer, doorbell_bad_vector : ``Out(32)``
+        The domain's counts of doorbells dropped.
+    """
+
+    def __init__(
+        self,
+        firmware: list[bytes],
+        *,
+        ram: str = "bram",
+        ram_size: int = 4096,
+        shm_size: int = 64 << 10,
+        clock_hz: int = 12_000_000,
+        baud: int = 115_200,
+    ) -> None:
+        from ..hdl.domain import IvshmemDomain
+
+        count = len(firmware)
+        self._tiles = [
+            Tile(image, ram_size=ram_size, shm_size=shm_size, vectors=1, clock_hz=clock_hz,
+                 baud=baud)
+            for image in firmware
+        ]  # fmt: skip
+        self._domain = IvshmemDomain([(i, 1) for i in range(count)], shm_size=shm_size, ram=ram)
+        super().__init__({
+            "uart_tx": Out(count, init=(1 << count) - 1),
+            "uart_rx": In(count, init=(1 << count) - 1),
+            "led": Out(count),
+            "doorbell_bad_peer": Out(32),
+            "doorbell_bad_vector": Out(32),
+        })  # fmt: skip
+
+    @property
+    def tiles(self) -> list[Tile]:
+        return list(self._tiles)
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        m.submodules.domain = domain = self._domain
+        for index, tile in enumerate(self._tiles):
+            m.submodules[f"tile{index}"] = tile
+            domain.connect(m, index, tile)
+            m.d.comb += [
+                self.uart_tx[index].eq(tile.uart_tx),
+                tile.uart_rx.eq(self.uart_rx[index]),
+                self.led[index].eq(tile.led),
+            ]
+        m.d.comb += [
+            self.doorbell_bad_peer.eq(domain.doorbell_bad_peer),
+            self.doorbell_bad_vector.eq(domain.doorbell_bad_vector),
+        ]
         return m

@@ -1,4 +1,4 @@
-"""``ivshmem-hdl``: generate Verilog for the ivshmem devices.
+"""``ivshmem-hdl``: generate Verilog for the ivshmem devices, and board bitstreams.
 
     ivshmem-hdl verilog flat [--vectors N] [--shm-size SIZE] [--bus axil|wishbone] -o FILE
     ivshmem-hdl verilog pci [--vectors N] [--shm-size SIZE] [--interrupts msix|intx] [--plain]
@@ -8,6 +8,11 @@
     ivshmem-hdl verilog pci --revision 2 [--layout final|rfc] [--interrupts msix|intx]
         [--vectors N] [--max-peers N] [--output-section-size SIZE] [--shm-size SIZE]
         [--state-table-size SIZE] [--protocol P] [--shm-address ADDR] -o FILE
+    ivshmem-hdl bitstream {icebreaker,ulx3s} [-o DIR]
+
+``bitstream`` builds the two-tile SoC of :mod:`ivhw.boards.bitstream` for a board
+and writes the bitstream and ``report.json`` into DIR (default
+``build/bitstream/BOARD``); it exits 1 if a tool fails or timing is not met.
 
 Each device registers a builder in ``DEVICES`` (name -> how to add its options
 and how to build it from them), so a new device is one entry plus its options.
@@ -272,13 +277,46 @@ def _parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("-o", "--output", required=True, type=Path,
                          help="Verilog file to write ('-' for stdout)")  # fmt: skip
+    from ..boards.bitstream import BOARDS
+
+    bitstream = commands.add_parser(
+        "bitstream", help="synthesize, place and route the two-tile SoC for a board"
+    )
+    bitstream.add_argument("board", choices=sorted(BOARDS), help="the board")
+    bitstream.add_argument(
+        "-o", "--output", type=Path, default=None,
+        help="build directory (default build/bitstream/BOARD)",
+    )  # fmt: skip
     return parser
+
+
+def _bitstream(args: argparse.Namespace) -> int:
+    """``ivshmem-hdl bitstream BOARD``: the bitstream and report.json, a summary line."""
+    from ..boards.bitstream import BuildError, build_bitstream
+
+    out = args.output or Path("build") / "bitstream" / args.board
+    try:
+        report = build_bitstream(args.board, out)
+    except BuildError as error:
+        print(f"ivshmem-hdl bitstream: error: {error}", file=sys.stderr)
+        return 1
+    logic = report["logic_cells"]
+    print(
+        f"bitstream: {out / report['bitstream']}: Fmax {report['fmax_mhz']} MHz "
+        f"(board clock {report['target_mhz']:g} MHz, timing "
+        f"{'met' if report['timing_met'] else 'NOT met'}), logic {logic['used']}/"
+        f"{logic['available']} ({logic['percent']} %), {report['seconds']} s; "
+        f"report in {out / 'report.json'}"
+    )
+    return 0 if report["timing_met"] else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``ivshmem-hdl``."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "bitstream":
+        return _bitstream(args)
     prog = f"ivshmem-hdl {args.command} {args.device}"
     try:
         device = DEVICES[args.device].build(args)
