@@ -16,14 +16,13 @@ import hashlib
 import os
 import sys
 from pathlib import Path
-from xml.etree import ElementTree
 
 import pytest
 from amaranth.back import verilog
 from amaranth.hdl import Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
-from support import require_tool
+from support import check_results, require_tool
 
 from ivhw.hdl.bus.axil import AXI4LiteFrontEnd, AXI4LiteSignature
 from ivhw.hdl.bus.wishbone import WishboneFrontEnd, WishboneSignature
@@ -156,17 +155,6 @@ def _build(simulator: str, toplevel: str) -> tuple[object, Path]:
     return runner, build_dir
 
 
-def _check_results(xml: Path, test: str) -> None:
-    """The results file says ``test`` ran and passed (a test that never ran fails here)."""
-    assert xml.is_file(), f"no results file {xml}: the simulation did not finish"
-    cases = ElementTree.parse(xml).getroot().iter("testcase")
-    ran = [case for case in cases if case.get("name") == test]
-    assert len(ran) == 1, f"{test} ran {len(ran)} times according to {xml}"
-    failed = [child for child in ran[0] if child.tag in ("failure", "error", "skipped")]
-    details = "; ".join(f"{c.tag}: {c.get('message', '')}" for c in failed)
-    assert not failed, f"{test}: {details} (log: {xml.parent / 'sim.log'})"
-
-
 @pytest.mark.parametrize("test", TESTS)
 @pytest.mark.parametrize("simulator", SIMULATORS)
 def test_domain(simulator: str, test: str, tmp_path: Path) -> None:
@@ -196,4 +184,4 @@ def test_domain(simulator: str, test: str, tmp_path: Path) -> None:
         )
     except SystemExit:
         pass  # the runner exits on a failed test; the results file says which and why
-    _check_results(xml, test)
+    check_results(xml, test)
