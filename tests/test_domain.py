@@ -154,3 +154,27 @@ def test_connect_checks_the_device() -> None:
     with pytest.raises(ValueError, match=re.escape("port index must be 0..1, not 2")):
         domain.connect(m, 2, a)
     Fragment.get(m, None)  # what was connected elaborates
+
+
+def test_any_device_connects() -> None:
+    """The PCI endpoint has the same transport ports: it joins a domain beside a flat device."""
+    from ivhw.hdl.pci import IvshmemPci
+
+    m = Module()
+    m.submodules.domain = domain = IvshmemDomain([(0, 2), (1, 1)], shm_size=4096)
+    m.submodules.pci = pci = IvshmemPci(vectors=2, shm_size=4096)
+    m.submodules.flat = flat = IvshmemFlat(vectors=1, shm_size=4096)
+    domain.connect(m, 0, pci)
+    domain.connect(m, 1, flat)
+    seen = {}
+
+    async def bench(ctx: Any) -> None:
+        await ctx.tick()
+        seen["ids"] = (ctx.get(pci.ident.id), ctx.get(flat.ident.id))
+        seen["valid"] = (ctx.get(pci.ident.valid), ctx.get(flat.ident.valid))
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert seen == {"ids": (0, 1), "valid": (1, 1)}
