@@ -237,8 +237,10 @@ def _run(tmp: Path, args: argparse.Namespace) -> int:
             joined.poll(0.05)
             return bool(joined.peers)
 
+        # the first run builds the device (minutes on a loaded machine); a build that
+        # fails ends the process, which ends the wait at once
         _wait_for(
-            device_joined, "the simulated device joining", 120, lambda: started.poll() is None
+            device_joined, "the simulated device joining", 600, lambda: started.poll() is None
         )
         target = min(host.peers)
         _say("host", f"the simulated device is peer {target}")

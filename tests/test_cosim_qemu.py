@@ -81,7 +81,7 @@ def _demo(*args: str) -> str:
         [sys.executable, "-m", "ivhw.cosim.demo", *args],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=280,  # under pytest-timeout's 300 s: a first run builds the device
     )
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
