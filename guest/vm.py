@@ -86,8 +86,12 @@ class LinuxVm:
         Kernel and initramfs; built (or reused) by :func:`ivhw.guest.initramfs.build`.
     timeout:
         Default seconds for :meth:`wait_line` and :meth:`wait`.
+    slot:
+        PCI slot of the ``ivshmem-doorbell`` on q35's root bus (default: QEMU's choice).
     on_line:
         Called with every console line as it arrives (from the reader thread).
+    extra_args:
+        Appended to QEMU's command line (more devices, say).
     """
 
     def __init__(
@@ -100,6 +104,7 @@ class LinuxVm:
         timeout: float = 60.0,
         memory: str = "192M",
         qemu: str | None = None,
+        slot: int | None = None,
         on_line: Callable[[str], None] | None = None,
         extra_args: Sequence[str] = (),
     ) -> None:
@@ -110,6 +115,7 @@ class LinuxVm:
         self.timeout = timeout
         self.memory = memory
         self.qemu = qemu or find_qemu() or "qemu-system-x86_64"
+        self.slot = slot
         self.on_line = on_line
         self.extra_args = list(extra_args)
         self.pid: int | None = None
@@ -143,7 +149,7 @@ class LinuxVm:
             "-kernel", os.fspath(self.guest.kernel),
             "-initrd", os.fspath(self.guest.initramfs),
             "-append", append,
-            *doorbell_device_args(self.server_socket, self.vectors),
+            *doorbell_device_args(self.server_socket, self.vectors, self.slot),
             *self.extra_args,
         ]  # fmt: skip
 

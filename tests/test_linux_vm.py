@@ -139,7 +139,15 @@ def test_simulated_ping_into_linux(
 
 
 def test_linux_vm_and_host_peer(domain: Domain, guest: Guest) -> None:
-    """Requests both ways between the VM and a host process with the peer library."""
+    """Requests both ways between the VM and a host process with the peer library.
+
+    An ``ivshmem-plain`` (same IDs, no interrupts) sits in an earlier slot: the guest
+    program passes it by and takes the ``ivshmem-doorbell``.
+    """
+    plain = [
+        "-object", "memory-backend-ram,id=plainmem,size=1M,share=on",
+        "-device", "ivshmem-plain,memdev=plainmem,addr=0x2.0",
+    ]  # fmt: skip
     host = domain.peer()
     stop = threading.Event()
     thread = serve_in_thread(echo.EchoResponder(host), stop)
@@ -154,7 +162,7 @@ def test_linux_vm_and_host_peer(domain: Domain, guest: Guest) -> None:
             "--serve-count",
             "1",
         ]
-        vm = domain.linux(guest, args)
+        vm = domain.linux(guest, args, slot=3, extra_args=plain)
         vm.wait_line(r"peer \d+: 3 of 3 replies verified")
     finally:
         stop.set()
@@ -166,6 +174,7 @@ def test_linux_vm_and_host_peer(domain: Domain, guest: Guest) -> None:
     assert vm.ivposition == vm.peer_id
     # three replies and the host's request: four MSI-X messages on vector 0
     assert vm.interrupts() == {0: 4, 1: 0}, vm.console()
+    assert "device 0000:00:03.0 (1af4:1110) on vfio-pci" in vm.console()
 
 
 def test_two_linux_vms(domain: Domain, guest: Guest) -> None:

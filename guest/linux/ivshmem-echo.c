@@ -132,6 +132,22 @@ static void write_sysfs(const char *path, const char *value)
 	close(fd);
 }
 
+/* Whether the device at `dir` has a BAR1 (ivshmem-doorbell's MSI-X BAR; ivshmem-plain has none). */
+static int has_bar1(const char *dir)
+{
+	char path[PATH_MAX + 16];
+	unsigned long long start = 0, end = 0, flags;
+	snprintf(path, sizeof path, "%s/resource", dir);
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return 0;
+	for (int bar = 0; bar <= 1; bar++)
+		if (fscanf(f, "%llx %llx %llx", &start, &end, &flags) != 3)
+			start = end = 0;
+	fclose(f);
+	return end > start;
+}
+
 /* The first ivshmem-doorbell (1af4:1110 with an MSI-X BAR1) on the PCI bus, or `want`. */
 static void find_device(struct device *dev, const char *want)
 {
@@ -153,6 +169,8 @@ static void find_device(struct device *dev, const char *want)
 			continue;
 		if (strcmp(vendor, "0x1af4") || strcmp(device, "0x1110"))
 			continue;
+		if (!want && !has_bar1(path))
+			continue; /* ivshmem-plain: no interrupts, not ours */
 		snprintf(dev->bdf, sizeof dev->bdf, "%s", ent->d_name);
 		break;
 	}
@@ -160,7 +178,7 @@ static void find_device(struct device *dev, const char *want)
 	if (!dev->bdf[0]) {
 		if (want)
 			die("%s is not an ivshmem device (1af4:1110)", want);
-		die("no ivshmem device (1af4:1110) on the PCI bus");
+		die("no ivshmem-doorbell device (1af4:1110 with an MSI-X BAR) on the PCI bus");
 	}
 }
 
