@@ -68,6 +68,7 @@ TESTS = [
     ("pci2_tb", "zephyr_init", ("rev2", "rev2-intx-nobar2")),
     ("pci2_tb", "linux_init", ("rev2", "rev2-intx-nobar2")),
     ("pci_rc_tb", "enumerate_and_msix", ("doorbell",)),
+    ("pci_rc_tb", "enumerate_rev2_msix", ("rev2", "rev2-rfc")),
     ("pci_rc_tb", "enumerate_intx", ("intx",)),
     ("pci_rc_tb", "enumerate_plain", ("plain",)),
 ]

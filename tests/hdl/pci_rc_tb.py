@@ -15,15 +15,28 @@ import cocotb
 from cocotb.triggers import Lock, with_timeout
 from cocotbext.pcie.core import Device, RootComplex
 from cocotbext.pcie.core.function import Function
+from cocotbext.pcie.core.pci import PciCapId
 from cocotbext.pcie.core.tlp import Tlp, TlpType
 from pci_bench import PARAMS, TB
 
 from ivhw.hdl.pci.tlp import CplStatus, ReqKind
-from ivhw.sw.pcicfg import BARS, CFG, CMD, DEVICE_ID, MSIX_CAP, VENDOR_ID, InterruptPin
-from ivhw.sw.regmap import DOORBELL, MSIX_BAR, MSIX_ENTRY, PCI_REV1_REGS
+from ivhw.sw.pcicfg import (
+    BARS,
+    CFG,
+    CMD,
+    DEVICE_ID,
+    MSIX_CAP,
+    REV2_IDS,
+    REV2_REGS_BAR,
+    VENDOR_CAP,
+    VENDOR_ID,
+    InterruptPin,
+)
+from ivhw.sw.regmap import DOORBELL, MSIX_BAR, MSIX_ENTRY, PCI_REV1_REGS, PCI_REV2_REGS
 
 REG = PCI_REV1_REGS
 OWN_ID = 4
+OWN_ID2 = 1  # revision 2: below the variants' max peers
 _MEM_READS = (TlpType.MEM_READ, TlpType.MEM_READ_64)
 _MEM_WRITES = (TlpType.MEM_WRITE, TlpType.MEM_WRITE_64)
 
@@ -98,9 +111,14 @@ async def _enumerate(dut: Any) -> tuple[TB, HdlFunction, RootComplex, Any]:
     rc.make_port().connect(Device(fn))
     await with_timeout(rc.enumerate(), 2, "ms")
     dev = rc.find_device(fn.pcie_id)
-    assert dev.vendor_id == VENDOR_ID and dev.device_id == DEVICE_ID
     model = tb.oracle.model
-    assert dev.bar_size[BARS.regs.index] == BARS.regs.size
+    if tb.oracle.rev2:
+        ids = REV2_IDS[model.layout_name]
+        assert (dev.vendor_id, dev.device_id) == (ids.vendor, ids.device)
+        assert dev.bar_size[BARS.regs.index] == REV2_REGS_BAR.size
+    else:
+        assert dev.vendor_id == VENDOR_ID and dev.device_id == DEVICE_ID
+        assert dev.bar_size[BARS.regs.index] == BARS.regs.size
     assert dev.bar_size[BARS.shm.index] == model.shm.size
     assert dev.bar_size[BARS.msix.index] == (BARS.msix.size if model.msix else 0)
     await dev.enable_device()
@@ -189,7 +207,7 @@ async def enumerate_intx(dut: Any) -> None:
     """Legacy INTx: pin INTA, no MSI-X; the level follows IntrStatus & IntrMask."""
     tb, _fn, _rc, dev = await _enumerate(dut)
     assert await dev.config_read_byte(CFG.INTERRUPT_PIN) == InterruptPin.INTA
-    assert dev.get_capability_offset(MSIX_CAP.id) is None
+    assert dev.get_capability_offset(PciCapId(MSIX_CAP.id)) is None
     await _shm_and_doorbell(tb, dev)
     regs = dev.bar_window[BARS.regs.index]
     await tb.event(0)
@@ -214,5 +232,63 @@ async def enumerate_plain(dut: Any) -> None:
     """ivshmem-plain: BAR0 and BAR2 only, no interrupts."""
     tb, _fn, _rc, dev = await _enumerate(dut)
     assert await dev.config_read_byte(CFG.INTERRUPT_PIN) == InterruptPin.NONE
-    assert dev.get_capability_offset(MSIX_CAP.id) is None
+    assert dev.get_capability_offset(PciCapId(MSIX_CAP.id)) is None
     await _shm_and_doorbell(tb, dev)
+
+
+@cocotb.test()
+async def enumerate_rev2_msix(dut: Any) -> None:
+    """Revision 2 enumerated by the root complex: vendor capability, MSI-X through
+    alloc_irq_vectors, doorbells, the state broadcast, one-shot, events as MSI-X."""
+    tb, _fn, _rc, dev = await _enumerate(dut)
+    m = tb.oracle.model
+    reg = PCI_REV2_REGS[m.layout_name]
+    # walk the capability list as a driver does (the root complex records only the
+    # capabilities it knows)
+    vendor, ptr = None, await dev.config_read_byte(CFG.CAPABILITY_LIST)
+    while ptr and vendor is None:
+        if await dev.config_read_byte(ptr) == VENDOR_CAP.id:
+            vendor = ptr
+        ptr = await dev.config_read_byte(ptr + 1)
+    assert vendor == m.vendor_cap
+    assert (
+        dev.get_capability_offset(PciCapId(MSIX_CAP.id)) == m._msix_ctrl_offset - MSIX_CAP.CONTROL
+    )
+    assert await dev.config_read_dword(vendor + VENDOR_CAP.STATE_TABLE_SIZE) == 4096
+    assert (
+        await dev.config_read_dword(vendor + VENDOR_CAP.OUTPUT_SIZE)
+        == m.sections.output_section_size
+    )
+    tb.set_ident(OWN_ID2)
+    tb.set_peer(0, 2)
+    regs = dev.bar_window[BARS.regs.index]
+    shm = dev.bar_window[BARS.shm.index]
+    assert await regs.read_dword(reg.ID.offset) == OWN_ID2
+    assert await regs.read_dword(reg.MaxPeers.offset) == m.max_peers
+    await dev.alloc_irq_vectors(1, m.vectors)
+    assert len(dev.msi_vectors) == m.vectors
+    await _event_fires(dev, tb, 0, fired=False)  # Interrupt Control still off
+    await regs.write_dword(reg.IntCtrl.offset, 1)
+    for v in range(m.vectors):
+        await _event_fires(dev, tb, v)
+    # the state: into the own State Table entry, and vector 0 of peer 0
+    await regs.write_dword(reg.State.offset, 0x5EED)
+    await tb.settle(40)
+    assert await shm.read_dword(4 * OWN_ID2) == 0x5EED and tb.doorbells == [(0, 0)]
+    await regs.write_dword(reg.Doorbell.offset, DOORBELL.pack(0, 1))
+    await tb.settle(40)
+    assert tb.doorbells == [(0, 0), (0, 1)]
+    # the State Table and peer 0's output section are read-only through BAR2
+    await shm.write_dword(0, 0xBAD)
+    out0, own = m.sections.output(0).offset, m.sections.output(OWN_ID2).offset
+    await shm.write_dword(out0, 0xBAD)
+    await shm.write_dword(own, 0x600D)
+    assert await shm.read_dword(0) == 0 and await shm.read_dword(out0) == 0
+    assert await shm.read_dword(own) == 0x600D
+    # one-shot: the first event clears Interrupt Control, the second is not delivered
+    await dev.config_write_byte(vendor + VENDOR_CAP.PRIV_CTRL, VENDOR_CAP.ONESHOT)
+    await _event_fires(dev, tb, 0)
+    await _event_fires(dev, tb, 0, fired=False)
+    assert await regs.read_dword(reg.IntCtrl.offset) == 0
+    msix = dev.bar_window[BARS.msix.index]
+    assert await msix.read_dword(MSIX_BAR.pba) == 0
