@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import StartServer
 from fakeserver import FakeConn, FakeServer, check_error_after_handshake, open_fds
+from support import wait_for
 
 from ivhw.sw.peer import Doorbell, Peer, PeerJoined, PeerLeft, PeerVector, ProtocolError, ServerGone
 from ivhw.sw.protocol import EVENT_FD2, INIT2, MSG2_EVENT_FD, MSG2_HEADER, MSG2_INIT, MSG2_PEER_GONE
@@ -331,6 +332,7 @@ def test_max_peers_reached(start_server: StartServer) -> None:
         pytest.raises(ServerGone, match="refuse more peers"),
     ):
         Peer(server.socket_path, timeout=2)
+    wait_for(lambda: server.peer_ids == [])  # the server has seen both leave
     with Peer(server.socket_path) as again:
         assert again.id == 0
 
