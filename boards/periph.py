@@ -215,13 +215,11 @@ class Sys(wiring.Component):
         wb = self.wb
         go = wb.cyc & wb.stb & ~wb.ack
 
-        cycles = Signal(64)
-        cycle_hi = Signal(32)
+        cycles = Signal(32)
         pending = Signal(2)
         enable = Signal(2)
         alarm = Signal(32)
         armed = Signal()
-        events = Signal(32)
         m.d.sync += cycles.eq(cycles + 1)
         wake = (pending & enable) != 0
         m.d.comb += self.irq.eq(wake)
@@ -229,20 +227,16 @@ class Sys(wiring.Component):
         set_bits = Signal(2)
         clear_bits = Signal(2)
         m.d.comb += set_bits[IRQ_IVSHMEM].eq(self.event)
-        with m.If(armed & (cycles[:32] == alarm)):
+        with m.If(armed & (cycles == alarm)):
             m.d.comb += set_bits[IRQ_ALARM].eq(1)
             m.d.sync += armed.eq(0)
         m.d.sync += pending.eq((pending & ~clear_bits) | set_bits)
-        with m.If(self.event):
-            m.d.sync += events.eq(events + 1)
 
         reads = {
-            "CYCLE_LO": cycles[:32],
-            "CYCLE_HI": cycle_hi,
+            "CYCLE": cycles,
             "PENDING": pending,
             "ENABLE": enable,
             "ALARM": alarm,
-            "EVENTS": events,
             "CLOCK_HZ": self._clock_hz,
         }
         m.d.sync += wb.ack.eq(0)
@@ -264,9 +258,6 @@ class Sys(wiring.Component):
                                 m.d.sync += enable.eq(wb.dat_w[: len(enable)])
                             elif reg.name == "ALARM":
                                 m.d.sync += [alarm.eq(wb.dat_w), armed.eq(1)]
-                        if reg.name == "CYCLE_LO":
-                            with m.If(~wb.we):
-                                m.d.sync += cycle_hi.eq(cycles[32:])
                 with m.Default():
                     m.d.sync += [wb.ack.eq(1), wb.dat_r.eq(0)]
         return m

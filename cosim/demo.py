@@ -11,8 +11,10 @@ requests itself, so a second simulated device running the ``ping`` guest, and th
 host peer, measure round trips into the running operating system.
 
 ``--vm qtest`` instead drives the ``ivshmem-doorbell`` from outside through qtest
-(the CPU never runs). Everything started is shut down again; ``--waves FILE``
-records the echo device's waveform.
+(the CPU never runs). ``--device soc`` replaces the simulated device and its Python
+echo guest with the SoC tile (:mod:`ivhw.boards.soc`), whose RISC-V CPU runs the echo
+service in C; its console lines appear as ``[soc]``. Everything started is shut down
+again; ``--waves FILE`` records the echo device's waveform.
 """
 
 from __future__ import annotations
@@ -217,8 +219,12 @@ def _run(tmp: Path, args: argparse.Namespace) -> int:
     status = 1
     try:
         _wait_for(sock.exists, "the server socket", 10, lambda: server.poll() is None)
-        kind = "ivshmem-flat" if args.device == "flat" else "ivshmem PCI endpoint"
-        _say("demo", f"starting the simulated {kind} ({args.sim}, echo guest)")
+        kind, guest = {
+            "flat": ("ivshmem-flat", "echo guest"),
+            "pci": ("ivshmem PCI endpoint", "echo guest"),
+            "soc": ("SoC tile (sentinel-cpu + ivshmem-flat)", "C echo firmware"),
+        }[args.device]
+        _say("demo", f"starting the simulated {kind} ({args.sim}, {guest})")
         device = CosimProcess(
             sock, tmp, sim=args.sim, device=args.device, vectors=_VECTORS, shm_size=_SHM_SIZE,
             guest="echo",
@@ -310,8 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ivhw.cosim.demo", description=__doc__)
     parser.add_argument("--sim", choices=("verilator", "icarus"), default="verilator")
     parser.add_argument(
-        "--device", choices=("flat", "pci"), default="flat",
-        help="the simulated device: ivshmem-flat (AXI4-Lite) or the PCI endpoint",
+        "--device", choices=("flat", "pci", "soc"), default="flat",
+        help="the simulated device: ivshmem-flat (AXI4-Lite), the PCI endpoint, or the SoC "
+        "tile whose RISC-V CPU runs the echo firmware in C",
     )  # fmt: skip
     parser.add_argument(
         "--vm", choices=("linux", "qtest"), default="linux",

@@ -7,7 +7,7 @@
 
 #define MMIO32(addr) (*(volatile uint32_t *)(uintptr_t)(addr))
 
-static inline uint32_t cycles(void) { return MMIO32(SYS_BASE + SYS_CYCLE_LO); }
+static inline uint32_t cycles(void) { return MMIO32(SYS_BASE + SYS_CYCLE); }
 
 /* Interrupts on (mstatus.MIE, mie.MEIE) for the sources in `mask` (IRQ_* bits). */
 void irq_enable(uint32_t mask);
