@@ -10,6 +10,8 @@ which the test checks byte for byte from the console lines in the bridge's statu
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -93,3 +95,21 @@ def test_ping_firmware_measures_round_trips(
         assert verdict == "ok"
     assert f"ping: {PINGS} sent, {PINGS} answered" in console[-2], console
     assert responder.served == PINGS + 1  # and the probe that found the echo peer
+
+
+@pytest.mark.qemu
+@pytest.mark.verilator
+def test_demo_with_the_soc_tile(tmp_path: Path) -> None:
+    """``make demo DEMO_ARGS="--device soc"``: the C echo firmware answers QEMU and the host."""
+    require_tool("qemu-system-x86_64")
+    _prebuild(("verilator", "native"), "echo", {})
+    result = subprocess.run(
+        [sys.executable, "-m", "ivhw.cosim.demo", "--device", "soc", "--vm", "qtest"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert out.count("(every byte XOR 0xFF: ok)") == 6, out
+    assert "WRONG" not in out
+    assert "[soc] echo: peer" in out  # the firmware's console in the transcript
+    assert "socket file removed: True" in out
