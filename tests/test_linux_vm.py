@@ -112,9 +112,11 @@ def test_linux_vm_and_simulated_device(
     check_replies(vm, dev_id, payloads)
     assert "ivshmem-echo: served 14 bytes from peer" in vm.console()
     assert device.stop() == 0, device.output()
-    # three requests of the VM (and any ring it repeated) and two of the host
+    # three requests of the VM (and any ring it repeated) and two of the host; rings
+    # that reach the device's eventfd before it reads it are one read, and counted apart
     rerings = vm.console().count(f"ringing peer {dev_id} again")
-    assert device.status()["stats"]["doorbells"] == 3 + rerings + 2
+    stats = device.status()["stats"]
+    assert stats["doorbells"] + stats["coalesced"] == 3 + rerings + 2, stats
 
 
 @pytest.mark.parametrize("target", FLAT_TARGETS, indirect=True)
