@@ -611,13 +611,14 @@ class IvshmemPci(wiring.Component):
             with m.State("QUERY"):
                 m.d.comb += self.peers.req.eq(1)
                 with m.If(self.peers.ack):
-                    with m.If(broadcast):
-                        own = self.ident.valid & (db_peer == own_id)
-                        with m.If((self.peers.vectors == 0) | own):
-                            next_peer()
-                        with m.Else():
-                            m.next = "PUSH"
-                    with m.Elif(self.peers.vectors == 0):
+                    if rev2:  # a broadcast skips absent peers and the own ID, uncounted
+                        with m.If(broadcast):
+                            own = self.ident.valid & (db_peer == own_id)
+                            with m.If((self.peers.vectors == 0) | own):
+                                next_peer()
+                            with m.Else():
+                                m.next = "PUSH"
+                    with m.Elif(self.peers.vectors == 0) if rev2 else m.If(self.peers.vectors == 0):
                         m.d.sync += bad_peer.eq(bad_peer + 1)
                         respond()
                     with m.Elif(db_vector >= self.peers.vectors):
@@ -629,9 +630,12 @@ class IvshmemPci(wiring.Component):
             with m.State("PUSH"):
                 m.d.comb += [fifo.w_en.eq(1), fifo.w_data.eq(pending_db)]
                 with m.If(fifo.w_rdy):
-                    with m.If(broadcast):
-                        next_peer()
-                    with m.Else():
+                    if rev2:
+                        with m.If(broadcast):
+                            next_peer()
+                        with m.Else():
+                            respond()
+                    else:
                         respond()
 
             if rev2:
@@ -652,28 +656,30 @@ class IvshmemPci(wiring.Component):
                         with m.Else():
                             respond()
 
+            def shm_request() -> None:
+                m.d.comb += [
+                    self.mem.valid.eq(1),
+                    self.mem.addr.eq(r.addr[2:shm_bits]),
+                    self.mem.we.eq(r.kind == ReqKind.MEM_WRITE),
+                    self.mem.w_data.eq(r.data),
+                    self.mem.sel.eq(r.be),
+                ]
+                with m.If(self.mem.ready):
+                    with m.If(r.kind == ReqKind.MEM_WRITE):
+                        respond()
+                    with m.Else():
+                        m.next = "SHM_READ"
+
             with m.State("SHM_REQUEST"):
-                blocked = Const(0)
                 if rev2:
                     # the State Table and the other peers' output sections are read-only
-                    blocked = (r.kind == ReqKind.MEM_WRITE) & ~writable
-                with m.If(blocked):
-                    if rev2:
+                    with m.If((r.kind == ReqKind.MEM_WRITE) & ~writable):
                         m.d.sync += protected.eq(protected + 1)
-                    respond()
-                with m.Else():
-                    m.d.comb += [
-                        self.mem.valid.eq(1),
-                        self.mem.addr.eq(r.addr[2:shm_bits]),
-                        self.mem.we.eq(r.kind == ReqKind.MEM_WRITE),
-                        self.mem.w_data.eq(r.data),
-                        self.mem.sel.eq(r.be),
-                    ]
-                    with m.If(self.mem.ready):
-                        with m.If(r.kind == ReqKind.MEM_WRITE):
-                            respond()
-                        with m.Else():
-                            m.next = "SHM_READ"
+                        respond()
+                    with m.Else():
+                        shm_request()
+                else:
+                    shm_request()
 
             with m.State("SHM_READ"):
                 with m.If(self.mem.r_valid):
