@@ -396,12 +396,30 @@ class Bridge:
         try:
             await guest.start()
             await function(guest)
+            await self._drain()
         except Stop as stop:
             return stop.status, stop.message
         except Exception as error:
             traceback.print_exc()
             return STATUS_FAILED, f"guest {self.config.guest} failed: {error}"
         return STATUS_OK, f"guest {self.config.guest} finished"
+
+    async def _drain(self) -> None:
+        """Clock the device after the guest returned until its transport is quiet.
+
+        A doorbell the guest's last write queued may still be in the device's FIFO
+        (a PCI memory write completes before its doorbell leaves); it must leave.
+        """
+        self._bus_busy = True  # the transport loop waits, as for a bus transaction
+        self._bus_idle.clear()
+        try:
+            for _ in range(_UNSIGNALLED_GRACE):
+                await self.tick()
+                if self._quiet >= _QUIET_CYCLES:
+                    break
+        finally:
+            self._bus_busy = False
+            self._bus_idle.set()
 
     def _drive_idle(self) -> None:
         dut = self.dut

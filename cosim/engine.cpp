@@ -719,6 +719,14 @@ void ivhw_reset(void* handle) {
     e->edge();
 }
 
+// After the guest returned: clock until the transport is quiet (a doorbell its last
+// write queued may still be in the device's FIFO: a PCI write completes before it leaves)
+void ivhw_drain(void* handle) {
+    Engine* e = static_cast<Engine*>(handle);
+    e->quiet = 0;
+    for (uint64_t i = 0; i < UNSIGNALLED_GRACE && e->quiet < QUIET_CYCLES; i++) e->cycle();
+}
+
 uint32_t ivhw_take_flags(void* handle) {
     Engine* e = static_cast<Engine*>(handle);
     uint32_t flags = e->flags;

@@ -105,6 +105,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "ivhw_push_event": (None, [p, u32, u64]),
         "ivhw_reset": (None, [p]),
         "ivhw_take_flags": (u32, [p]),
+        "ivhw_drain": (None, [p]),
         "ivhw_write": (i, [p, u64, u32, u32, pu64]),
         "ivhw_read": (i, [p, u64, pu64]),
         "ivhw_request": (i, [p, i, u64, u32, u32, pu64]),
@@ -203,6 +204,10 @@ class Engine:
     def reset(self) -> None:
         """Drive the transport idle, the own ID valid, and reset the device."""
         self._lib.ivhw_reset(self._handle)
+
+    def drain(self) -> None:
+        """Clock until the transport is quiet (after the guest returned)."""
+        self._lib.ivhw_drain(self._handle)
 
     def take_flags(self) -> int:
         """The flags raised since the last call, cleared."""
@@ -494,6 +499,7 @@ class NativeBridge:
         try:
             run_coroutine(guest.start())
             run_coroutine(guest_function(guest))
+            engine.drain()  # the doorbell of the guest's last write leaves the device
         except Stop:
             raise
         except Exception as error:
