@@ -20,6 +20,13 @@ host peer, a shared-memory word write and its read back. Rows, in one run:
 - **cocotb engine, Python guest**: the same guest on ``--engine cocotb``:
   Python on every clock edge (the engine before this one).
 
+Then the SoC tile (``--device soc``: sentinel-cpu running the ping firmware,
+forever, against a host echo peer): the bare loop over the same library from
+reset (the transport only answers, so the firmware finds no echo peer and keeps
+looking), and ``ivshmem-cosim`` on each engine for a few seconds, rated over the
+time it was not asleep in ``epoll`` (while the CPU waits for a reply the engine
+sleeps, and sleeping is no simulation speed).
+
 Rates are cycles of the access loop alone over its wall time, measured inside
 the process that simulates, and over that process's CPU time (which a loaded,
 shared machine does not inflate); the tables say how many cycles each row ran.
@@ -117,11 +124,87 @@ def _guest_run(engine: str, sock: Path, tmp: Path, accesses: int) -> dict[str, f
     return json.loads(out.read_text())  # type: ignore[no-any-return]
 
 
+#: the ping firmware without end, as fast as it goes: the SoC's CPU busy all the time
+_PING = {"ping_count": 0, "ping_gap": 1}
+_SOC_SECONDS = 3.0
+
+
+def _soc_image(options: dict[str, int]) -> bytes:
+    from ivhw.cosim.build import build_root, soc_image
+
+    pairs = [(key, str(value)) for key, value in options.items()]
+    return soc_image("ping", SHM_SIZE, pairs, build_root() / "firmware")
+
+
+def _soc_rows(sock: Path, tmp: Path, cycles: int) -> dict[str, dict[str, Any]]:
+    """The SoC tile running its ping firmware against a host echo peer."""
+    import threading
+
+    from ivhw.cosim.build import build
+    from ivhw.cosim.native import Engine
+    from ivhw.cosim.process import CosimProcess
+    from ivhw.sw.echo import EchoResponder
+    from ivhw.sw.peer import Peer
+
+    image = _soc_image(_PING)
+    library = build(
+        "soc", "verilator", vectors=1, shm_size=SHM_SIZE, firmware=image, engine="native"
+    ).library
+    build("soc", "verilator", vectors=1, shm_size=SHM_SIZE, firmware=image, engine="cocotb")
+    rows: dict[str, dict[str, Any]] = {}
+    with Peer(str(sock), vectors=1) as host:
+        responder = EchoResponder(host)
+        done = threading.Event()
+
+        def serve() -> None:
+            while not done.is_set():
+                responder.run(time.monotonic() + 0.2)
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        with Peer(str(sock), vectors=1) as device:
+            device.poll(0.2)
+            bare = Engine(library)
+            assert device.memory is not None
+            bare.configure(device.memory, device.id)
+            bare.reset()
+            start, cpu = time.perf_counter(), time.process_time()
+            ran = bare.bare_cycles(cycles)
+            rows["SoC, bare Verilator loop (C++)"] = {
+                "accesses": 0, "cycles": ran, "seconds": time.perf_counter() - start,
+                "cpu_seconds": time.process_time() - cpu,
+            }  # fmt: skip
+            bare.close()
+        for engine in ("native", "cocotb"):
+            process = CosimProcess(
+                sock, tmp, name=f"soc-{engine}", sim="verilator", engine=engine, device="soc",
+                vectors=1, shm_size=SHM_SIZE, firmware="ping", guest_args=_PING,
+                seconds=_SOC_SECONDS,
+            ).start()  # fmt: skip
+            try:
+                status = process.wait(300)
+            finally:
+                process.stop()
+            record = process.status()
+            if status != 0:
+                raise RuntimeError(f"the soc run on {engine} failed:\n{process.output()}")
+            stats = record["stats"]
+            busy = _SOC_SECONDS - stats["blocked_seconds"]
+            rows[f"SoC ping firmware, {engine} engine (busy time)"] = {
+                "accesses": 0, "cycles": record["cycles"], "seconds": busy,
+                "cpu_seconds": busy, "pings": responder.served,
+            }  # fmt: skip
+        done.set()
+        thread.join(5)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run every row and print the table; status 1 if a target is missed."""
     parser = argparse.ArgumentParser(prog="python -m bench.cosim_simspeed", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer accesses")
     parser.add_argument("--accesses", type=int, help="accesses per native row (default 400000)")
+    parser.add_argument("--no-soc", action="store_true", help="leave out the SoC tile's rows")
     args = parser.parse_args(argv)
     accesses = args.accesses or (40_000 if args.quick else 400_000)
     guest_accesses = max(accesses // 20, 400)
@@ -147,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
             rows["cocotb engine, Python guest"] = _guest_run(
                 "cocotb", sock, Path(tmp), cocotb_accesses
             )
+            if not args.no_soc:
+                soc_rows = _soc_rows(sock, Path(tmp), accesses * 5)
         finally:
             server.stop()
     bare = rows["bare Verilator loop (C++)"]
@@ -178,6 +263,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     share_ok = native_rate >= NATIVE_SHARE_TARGET * bare_rate
     rate_ok = native_rate >= NATIVE_RATE_TARGET
+    print()
+    if not args.no_soc:
+        soc_bare = soc_rows.pop("SoC, bare Verilator loop (C++)")
+        soc_rate = soc_bare["cycles"] / soc_bare["seconds"]
+        print()
+        print(
+            "| SoC tile (sentinel-cpu, ping firmware) | cycles | cycles/s (wall) | "
+            "share of the bare loop |"
+        )
+        print("|---|--:|--:|--:|")
+        print(f"| bare Verilator loop (C++) | {soc_bare['cycles']} | {soc_rate:,.0f} | 100.0% |")
+        for name, row in soc_rows.items():
+            rate = row["cycles"] / row["seconds"]
+            print(f"| {name} | {row['cycles']} | {rate:,.0f} | {rate / soc_rate:.1%} |")
     print()
     print(
         f"native engine: {native_rate / bare_rate:.1%} of the bare loop (target >= 25 %: "
