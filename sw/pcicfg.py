@@ -197,7 +197,7 @@ class InterruptPin(enum.IntEnum):
     """Interrupt Pin register values."""
 
     NONE = 0  #: ivshmem-plain, and ivshmem-doorbell with MSI-X (QEMU 7.2)
-    INTA = 1  #: the seeds' ``ivshmem`` with ``msi=off``: legacy INTx
+    INTA = 1  #: QEMU's older ``ivshmem`` with ``msi=off``: legacy INTx (docs/registers.md)
 
 
 @dataclass(frozen=True)

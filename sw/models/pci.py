@@ -1,7 +1,8 @@
 """Register-accurate model of QEMU 7.2's ivshmem PCI device, revision 1.
 
-``ivshmem-doorbell`` (server, doorbells, MSI-X; or, by parameter, the seeds'
-legacy INTx interrupt) and ``ivshmem-plain`` (shared memory only).
+``ivshmem-doorbell`` (server, doorbells, MSI-X; or, by parameter, the legacy
+INTx interrupt of QEMU's older ``ivshmem``) and ``ivshmem-plain`` (shared memory
+only). The registers and variants: ``docs/registers.md``.
 """
 
 from __future__ import annotations
@@ -97,10 +98,11 @@ class IvshmemPci(HasRegisters):
     **Variants.** ``doorbell=False`` is ivshmem-plain: BAR0 + BAR2, status 0,
     no capability, pin 0, IVPosition 0, doorbells ignored, no events.
     ``interrupts="msix"`` (default) is QEMU 7.2's ivshmem-doorbell. With
-    ``interrupts="intx"`` it is the seeds' ``ivshmem`` with ``msi=off``
-    (reference 002 ``pci_ivshmem_realize``: interrupt pin set to 1, and
-    ``msix_init_exclusive_bar`` never runs): pin INTA, no BAR1, no capability
-    (status bit 4 clear, capability pointer 0).
+    ``interrupts="intx"`` it is QEMU's older ``ivshmem`` (the device that
+    ivshmem-plain and ivshmem-doorbell replaced) with ``msi=off`` (its
+    ``pci_ivshmem_realize`` set interrupt pin 1 and never ran
+    ``msix_init_exclusive_bar``): pin INTA, no BAR1, no capability (status
+    bit 4 clear, capability pointer 0).
 
     **Inbound events** (:meth:`event`, one per readable own eventfd: QEMU reads
     the counter and signals once, so coalesced rings are one event):
@@ -114,10 +116,10 @@ class IvshmemPci(HasRegisters):
       (``msi_lost``, no PBA bit). A pending bit is delivered (and cleared)
       when the vector becomes unmasked: vector-control write, function-mask
       clear, or MSI-X enable.
-    * INTx variant: IntrStatus := 1 (the seeds wrote the eventfd counter's
-      first byte; QEMU later writes 1), and the interrupt state is
+    * INTx variant: IntrStatus := 1 (the oldest ``ivshmem`` wrote the eventfd
+      counter's first byte; later ones write 1), and the interrupt state is
       ``IntrStatus & IntrMask != 0``, recomputed on every change of either
-      (reference 002 ``ivshmem_update_irq``; QEMU 7.2 no longer drives INTx
+      (the older device's ``ivshmem_update_irq``; QEMU 7.2 no longer drives INTx
       at all). The state is Status bit 3; the pin (:attr:`intx`) is the state
       unless Command INTX_DISABLE is set (gated combinationally; QEMU only
       re-evaluates when a write covers the command's low byte).
