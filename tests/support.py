@@ -6,13 +6,11 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import NoReturn
-from xml.etree import ElementTree
 
 import pytest
 
-__all__ = ["check_results", "missing", "require_tool", "wait_for"]
+__all__ = ["missing", "require_tool", "wait_for"]
 
 
 def missing(what: str) -> NoReturn:
@@ -42,14 +40,3 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.005)
-
-
-def check_results(xml: Path, test: str) -> None:
-    """The cocotb results file says ``test`` ran once and passed (one that never ran fails)."""
-    assert xml.is_file(), f"no results file {xml}: the simulation did not finish"
-    cases = ElementTree.parse(xml).getroot().iter("testcase")
-    ran = [case for case in cases if case.get("name") == test]
-    assert len(ran) == 1, f"{test} ran {len(ran)} times according to {xml}"
-    failed = [child for child in ran[0] if child.tag in ("failure", "error", "skipped")]
-    details = "; ".join(f"{c.tag}: {c.get('message', '')}" for c in failed)
-    assert not failed, f"{test}: {details} (log: {xml.parent / 'sim.log'})"

@@ -27,7 +27,7 @@ from support import require_tool
 from ivhw.hdl.bus.axil import AXI4LiteFrontEnd
 from ivhw.hdl.bus.wishbone import WishboneFrontEnd
 from ivhw.hdl.flat import IvshmemFlat
-from ivhw.hdl.sim import build_once, for_simulator
+from ivhw.hdl.sim import build_once, cocotb_tests, for_simulator, run_cocotb
 
 __all__: list[str] = []
 
@@ -41,13 +41,10 @@ SIMULATORS = [
     pytest.param("icarus", marks=pytest.mark.icarus),
     pytest.param("verilator", marks=pytest.mark.verilator),
 ]
-TESTS = [
-    "directed",
-    "random_sequence",
-    "doorbells_stalled",
-    "events_during_accesses",
-    "wishbone_block_cycles",
-]
+if str(TB_DIR) not in sys.path:
+    sys.path.insert(0, str(TB_DIR))  # the runner passes sys.path on as PYTHONPATH
+#: every cocotb test of the testbench, read from the module itself
+TESTS = cocotb_tests("flat_tb")
 
 
 class FlatBench(wiring.Component):
@@ -115,19 +112,18 @@ def test_front_ends_need_a_bus() -> None:
 def test_flat(simulator: str, test: str, tmp_path: Path) -> None:
     require_tool("iverilog" if simulator == "icarus" else "verilator")
     runner, build_dir = _build(simulator)
-    if str(TB_DIR) not in sys.path:
-        sys.path.insert(0, str(TB_DIR))  # the runner passes sys.path on as PYTHONPATH
     env = {"IVHW_FLAT_PARAMS": json.dumps(PARAMS)}
     for name in ("IVHW_SEED", "IVHW_RANDOM_OPS"):
         if name in os.environ:
             env[name] = os.environ[name]
-    runner.test(  # type: ignore[attr-defined]
+    run_cocotb(  # fails unless the test ran and passed
+        runner,
         test_module="flat_tb",
+        tests=[test],
+        test_dir=tmp_path,
         hdl_toplevel=TOPLEVEL,
         hdl_toplevel_lang="verilog",  # needed when this process did not run build()
         build_dir=build_dir,
-        test_dir=tmp_path,
-        test_filter=f"^flat_tb\\.{test}\\b",
         extra_env=env,
         waves=_waves(),
         timescale=("1ns", "1ps"),

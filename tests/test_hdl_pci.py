@@ -25,7 +25,7 @@ from amaranth.back import verilog
 from support import require_tool
 
 from ivhw.hdl.pci import IvshmemPci
-from ivhw.hdl.sim import build_once, for_simulator
+from ivhw.hdl.sim import build_once, cocotb_tests, for_simulator, run_cocotb
 from ivhw.sw.pcicfg import QEMU_DOORBELL_HEADER
 
 __all__: list[str] = []
@@ -74,6 +74,19 @@ TESTS = [
 ]
 
 
+if str(TB_DIR) not in sys.path:
+    sys.path.insert(0, str(TB_DIR))  # the runner passes sys.path on as PYTHONPATH
+#: run by ``test_pci_matches_qemu`` (it needs QEMU's recorded answers), not by ``test_pci``
+QEMU_TESTS = {("pci_tb", "regscript_qemu")}
+
+
+def test_every_cocotb_test_is_run() -> None:
+    """``TESTS`` names every cocotb test of both testbenches, and nothing else."""
+    listed = {(module, test) for module, test, _variants in TESTS} | QEMU_TESTS
+    found = {(module, test) for module in ("pci_tb", "pci_rc_tb") for test in cocotb_tests(module)}
+    assert listed == found
+
+
 def _waves() -> bool:
     return os.environ.get("WAVES") == "1"
 
@@ -103,19 +116,18 @@ def _run(
 ) -> None:  # fmt: skip
     require_tool("iverilog" if simulator == "icarus" else "verilator")
     runner, build_dir = _build(simulator, variant)
-    if str(TB_DIR) not in sys.path:
-        sys.path.insert(0, str(TB_DIR))  # the runner passes sys.path on as PYTHONPATH
     env = {"IVHW_PCI_PARAMS": json.dumps(VARIANTS[variant]), **(env or {})}
     for name in ("IVHW_SEED", "IVHW_RANDOM_OPS"):
         if name in os.environ:
             env[name] = os.environ[name]
-    runner.test(
+    run_cocotb(  # fails unless the test ran and passed
+        runner,
         test_module=module,
+        tests=[test],
+        test_dir=tmp_path,
         hdl_toplevel=TOPLEVEL,
         hdl_toplevel_lang="verilog",
         build_dir=build_dir,
-        test_dir=tmp_path,
-        test_filter=f"^{module}\\.{test}$",
         extra_env=env,
         waves=_waves(),
         timescale=("1ns", "1ps"),

@@ -18,11 +18,11 @@ from amaranth.back import verilog
 from amaranth.hdl import Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
-from support import check_results, require_tool
+from support import require_tool
 
 from ivhw.boards.firmware import FirmwareConfig, build
 from ivhw.boards.soc import Soc
-from ivhw.hdl.sim import build_once, for_simulator
+from ivhw.hdl.sim import build_once, for_simulator, run_cocotb
 
 ROOT = Path(__file__).resolve().parent.parent
 TB_DIR = Path(__file__).resolve().parent / "hdl"
@@ -93,24 +93,19 @@ def test_soc_runs_its_firmware(simulator: str, tmp_path: Path) -> None:
     runner = build_once(text, simulator=simulator, toplevel=TOPLEVEL, build_dir=build_dir)
     if str(TB_DIR) not in sys.path:
         sys.path.insert(0, str(TB_DIR))  # the runner passes sys.path on as PYTHONPATH
-    xml = tmp_path / "results.xml"
     log = tmp_path / "sim.log"
     env = {"IVHW_SOC_PINGS": str(PINGS), "IVHW_SOC_BAUD": str(BAUD),
            "IVHW_SOC_SHM_SIZE": str(SHM_SIZE)}  # fmt: skip
-    try:
-        runner.test(  # type: ignore[attr-defined]
-            test_module="soc_tb",
-            hdl_toplevel=TOPLEVEL,
-            hdl_toplevel_lang="verilog",
-            build_dir=build_dir,
-            test_dir=tmp_path,
-            results_xml=str(xml),
-            extra_env=env,
-            timescale=("1ns", "1ps"),
-            log_file=log,
-        )
-    except SystemExit:
-        pass  # the runner exits on a failed test; the results file says which and why
-    check_results(xml, "ping_through_the_domain")
+    run_cocotb(  # fails unless every test of the testbench ran and passed
+        runner,
+        test_module="soc_tb",
+        test_dir=tmp_path,
+        hdl_toplevel=TOPLEVEL,
+        hdl_toplevel_lang="verilog",
+        build_dir=build_dir,
+        extra_env=env,
+        timescale=("1ns", "1ps"),
+        log_file=log,
+    )
     rtts = re.search(r"IVHW_SOC_RTT_CYCLES ([\d ]+)", log.read_text())
     assert rtts and len(rtts[1].split()) == PINGS
