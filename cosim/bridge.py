@@ -53,7 +53,7 @@ from cocotb.triggers import Event as SimEvent
 from cocotb.triggers import RisingEdge
 
 from ..sw.peer import Doorbell, Peer, ServerGone
-from ..sw.regmap import DOORBELL, FLAT_REGS, MAX_VECTORS, PCI_REV1_REGS
+from ..sw.regmap import DOORBELL, MAX_VECTORS
 from .guest_api import BusError, Guest, GuestFunction
 from .pci import TransactionError, TransactionPort, enumerate_endpoint, msi_vector
 from .session import (
@@ -64,6 +64,7 @@ from .session import (
     announce,
     announce_membership,
     announce_pci,
+    guest_windows,
     join,
     load_guest,
     server_gone,
@@ -337,7 +338,7 @@ class Bridge:
             finished.set()
 
         transport = cocotb.start_soon(track(self._transport()))
-        regs, regs_base, shm_base = FLAT_REGS, 0, self.config.shm_size
+        regs, regs_base, shm_base = guest_windows(self.config.shm_size)
         if pci:
             try:
                 layout = await enumerate_endpoint(bus)  # type: ignore[arg-type]
@@ -345,7 +346,7 @@ class Bridge:
                 transport.cancel()
                 peer.close()
                 return STATUS_FAILED, f"PCI enumeration failed: {error}"
-            regs, regs_base, shm_base = PCI_REV1_REGS, layout.bar0, layout.bar2
+            regs, regs_base, shm_base = guest_windows(self.config.shm_size, layout)
             announce_pci(layout)
         guest_task = None
         if guest_function is not None:

@@ -37,7 +37,7 @@ from typing import Any
 
 from ..hdl.pci.tlp import ReqKind
 from ..sw.peer import Doorbell, Peer, ServerGone
-from ..sw.regmap import FLAT_REGS, MAX_VECTORS, PCI_REV1_REGS
+from ..sw.regmap import MAX_VECTORS
 from .guest_api import BusError, Guest, GuestFunction
 from .pci import TransactionError, enumerate_endpoint
 from .session import (
@@ -48,6 +48,7 @@ from .session import (
     announce,
     announce_membership,
     announce_pci,
+    guest_windows,
     join,
     load_guest,
     server_gone,
@@ -480,13 +481,13 @@ class NativeBridge:
         engine.reset()
         announce(peer, config.guest)
         bus = _Bus(self)
-        regs, regs_base, shm_base = FLAT_REGS, 0, config.shm_size
+        regs, regs_base, shm_base = guest_windows(config.shm_size)
         if config.device == "pci":
             try:
                 layout = run_coroutine(enumerate_endpoint(bus))  # type: ignore[arg-type]
             except TransactionError as error:
                 return STATUS_FAILED, f"PCI enumeration failed: {error}"
-            regs, regs_base, shm_base = PCI_REV1_REGS, layout.bar0, layout.bar2
+            regs, regs_base, shm_base = guest_windows(config.shm_size, layout)
             announce_pci(layout)
         if guest_function is None:
             while True:

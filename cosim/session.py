@@ -21,8 +21,10 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..sw.memmap import MemoryMap, flat_memory_map, pci_memory_map
 from ..sw.peer import Peer, PeerJoined, PeerLeft, ProtocolError
 from ..sw.protocol import recv_message
+from ..sw.regmap import RegisterMap
 from .guest_api import GuestFunction
 from .pci import PciLayout
 
@@ -36,6 +38,7 @@ __all__ = [
     "announce",
     "announce_membership",
     "announce_pci",
+    "guest_windows",
     "join",
     "load_guest",
     "server_gone",
@@ -161,6 +164,25 @@ def join(config: BridgeConfig) -> Peer:
             f"{config.shm_size}; rerun with --shm-size {size}",
         )
     return peer
+
+
+def guest_windows(shm_size: int, layout: PciLayout | None = None) -> tuple[RegisterMap, int, int]:
+    """(registers, their bus address, the shared memory's) for the guest, from the bus's map.
+
+    ivshmem-flat: its bus's memory map (:func:`ivhw.sw.memmap.flat_memory_map`); the PCI
+    endpoint (``layout``: where the firmware put its BARs): its BAR map, placed.
+    """
+    memory_map: MemoryMap
+    if layout is None:
+        memory_map = flat_memory_map(shm_size)
+    else:
+        bars = pci_memory_map(msix=layout.vectors > 0, vectors=max(layout.vectors, 1),
+                              shm_size=shm_size)  # fmt: skip
+        bases = {0: layout.bar0, 1: layout.bar1, 2: layout.bar2}
+        memory_map = bars.placed({index: bases[index] for index in bars.bars})
+    regs, shm = memory_map["regs"], memory_map["shm"]
+    assert regs.regs is not None
+    return regs.regs, regs.base, shm.base
 
 
 def announce(peer: Peer, guest: str) -> None:
