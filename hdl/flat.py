@@ -73,6 +73,7 @@ from .transport import (
     add_doorbell_queue,
     check_int,
     check_shm_size,
+    checking,
     transport_members,
 )
 
@@ -140,15 +141,11 @@ class IvshmemFlat(wiring.Component):
         doorbell_depth: int = 4,
         irq_backlog: int = 15,
     ) -> None:
-        try:
+        with checking(self):
             self._vectors = check_int("vectors", vectors, 1, MAX_VECTORS)
             self._shm_size = check_shm_size(shm_size, FLAT_REGS.size)
             self._doorbell_depth = check_int("doorbell_depth", doorbell_depth, 1)
             self._irq_backlog = check_int("irq_backlog", irq_backlog, 1)
-        except (TypeError, ValueError):
-            # A component refused at construction is not an "unused elaboratable".
-            self._MustUse__used = True
-            raise
         shm_bits = shm_size.bit_length() - 1
         super().__init__({
             "bus": In(BusSignature(shm_bits + 1)),

@@ -36,6 +36,9 @@ feed any of them:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from amaranth.hdl import Module, Shape, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
@@ -57,6 +60,7 @@ __all__ = [
     "add_doorbell_queue",
     "check_int",
     "check_shm_size",
+    "checking",
     "connect_transport",
     "doorbell_signature",
     "event_signature",
@@ -215,6 +219,20 @@ class MemorySignature(AddressedSignature):
             "r_data": In(32),
             "r_valid": In(1),
         })  # fmt: skip
+
+
+@contextlib.contextmanager
+def checking(component: object) -> Iterator[None]:
+    """The parameter checks of ``component``'s constructor (``with checking(self): ...``).
+
+    A component refused at construction (``TypeError``/``ValueError``) is marked
+    used, so that Amaranth does not also warn about an unused elaboratable.
+    """
+    try:
+        yield
+    except (TypeError, ValueError):
+        component._MustUse__used = True  # type: ignore[attr-defined]
+        raise
 
 
 def check_int(name: str, value: object, low: int, high: int | None = None) -> int:

@@ -42,6 +42,7 @@ __all__ = [
     "InterruptPin",
     "Rev2Ids",
     "bars_of",
+    "check_interrupts",
     "config_header",
     "rev2_bars",
     "rev2_config",
@@ -182,6 +183,21 @@ class _Bars:
 
 #: the three BARs
 BARS = _Bars()
+
+
+def check_interrupts(doorbell: bool, interrupts: str | None) -> str | None:
+    """The interrupt mechanism of a variant: ``"msix"`` (default) or ``"intx"``, ``None`` if plain.
+
+    Raises ``ValueError`` for any other value, or for interrupts on ivshmem-plain.
+    """
+    if doorbell:
+        interrupts = "msix" if interrupts is None else interrupts
+        if interrupts not in ("msix", "intx"):
+            raise ValueError(f"interrupts must be 'msix' or 'intx', not {interrupts!r}")
+        return interrupts
+    if interrupts is not None:
+        raise ValueError("ivshmem-plain has no interrupts; leave interrupts unset")
+    return None
 
 
 def bars_of(*, msix: bool, shm_size: int) -> list[tuple[BarLayout, int]]:

@@ -568,7 +568,7 @@ class QemuTarget:
 
 
 class ModelTarget:
-    """Runs the script against our register model (``ivhw.sw.models.pci.IvshmemPci``).
+    """Runs the script against our register model (``ivhw.sw.models.pci.IvshmemPciModel``).
 
     Accesses go through the model's memory decode (``mem_read``/``mem_write`` at
     :data:`BAR_ADDRESSES`), as QEMU's do; MSI-X messages are collected through
@@ -664,9 +664,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.model:
         print(format_results(script, results))
         return 0
-    from .models.pci import IvshmemPci
+    from .models.pci import IvshmemPciModel
 
-    model = IvshmemPci(doorbell=not args.plain, vectors=args.vectors, shm_size=1 << 20)
+    model = IvshmemPciModel(doorbell=not args.plain, vectors=args.vectors, shm_size=1 << 20)
     if not args.plain:
         model.set_id(int(results[[op.name for op in script].index("bar0.reset.08")] or 0))
     differences = compare(script, results, run(script, ModelTarget(model)))

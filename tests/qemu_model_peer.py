@@ -1,4 +1,4 @@
-"""Our PCI register model (``IvshmemPci``) as a peer of a real ivshmem domain.
+"""Our PCI register model (``IvshmemPciModel``) as a peer of a real ivshmem domain.
 
 A :class:`ModelPeer` joins the server with our peer library and binds the model
 to it with ``ivhw.sw.models.attach`` (BAR2 is the peer's mmap, Doorbell writes
@@ -25,7 +25,7 @@ _BARS = BAR_ADDRESSES
 
 
 class ModelPeer:
-    """An ``IvshmemPci`` model joined to the server at ``socket_path`` through a ``Peer``."""
+    """An ``IvshmemPciModel`` model joined to the server at ``socket_path`` through a ``Peer``."""
 
     def __init__(self, socket_path: str, vectors: int, timeout: float = 5.0) -> None:
         self.peer = Peer(socket_path, vectors=vectors, timeout=timeout)

@@ -9,7 +9,7 @@ from ivhw.hdl.bus.wishbone import WishboneFrontEnd
 from ivhw.hdl.flat import IvshmemFlat
 from ivhw.hdl.pci import IvshmemPci
 from ivhw.sw.memmap import Kind, MemoryMap, Window, flat_memory_map, pci_memory_map
-from ivhw.sw.models.pci import IvshmemPci as PciModel
+from ivhw.sw.models.pci import IvshmemPciModel
 from ivhw.sw.pcicfg import BARS
 from ivhw.sw.regmap import FLAT_REGS, MSIX_BAR, PCI_REV1_REGS
 
@@ -58,7 +58,7 @@ def test_every_flat_bus_carries_the_map() -> None:
 def test_pci_map_is_the_models(interrupts: str) -> None:
     device = IvshmemPci(vectors=3, shm_size=1 << 20, interrupts=interrupts)
     device._MustUse__used = True  # type: ignore[attr-defined]
-    model = PciModel(vectors=3, shm_size=1 << 20, interrupts=interrupts)
+    model = IvshmemPciModel(vectors=3, shm_size=1 << 20, interrupts=interrupts)
     bars = device.memory_map
     assert bars is device.req.memory_map
     assert bars.table() == model.memory_map.table()

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 from conftest import StartServer
 
-from ivhw.sw.models import IvshmemPci
+from ivhw.sw.models import IvshmemPciModel
 from ivhw.sw.models.attach import Attached, attach_flat, attach_pci
 from ivhw.sw.pcicfg import BARS, CFG, CMD, MSIX_CAP
 from ivhw.sw.peer import Doorbell, Peer, PeerLeft
@@ -41,7 +41,7 @@ def knows(host: Peer, peer: int, timeout: float = 5.0) -> None:
         host.poll(0.05)
 
 
-def enable_msix(dev: IvshmemPci, vector: int, data: int) -> None:
+def enable_msix(dev: IvshmemPciModel, vector: int, data: int) -> None:
     base = MSIX_BAR.entry(vector)
     dev.bar_write(BARS.msix.index, base + MSIX_ENTRY.MsgAddrLo.offset, 0xFEE00000)
     dev.bar_write(BARS.msix.index, base + MSIX_ENTRY.MsgData.offset, data)
@@ -147,9 +147,9 @@ def test_self_ring_through_the_real_eventfd(server: IvshmemServer) -> None:
 def test_attach_refuses_mismatches(server: IvshmemServer) -> None:
     with Peer(server.socket_path, vectors=VECTORS) as peer:
         with pytest.raises(ValueError, match="plain"):
-            Attached(IvshmemPci(doorbell=False, shm=peer.shm), peer)
+            Attached(IvshmemPciModel(doorbell=False, shm=peer.shm), peer)
         with pytest.raises(ValueError, match="vectors"):
-            Attached(IvshmemPci(vectors=1, shm=peer.shm), peer)
+            Attached(IvshmemPciModel(vectors=1, shm=peer.shm), peer)
 
 
 def test_host_sees_model_leave(server: IvshmemServer) -> None:

@@ -6,7 +6,7 @@ import mmap
 
 import pytest
 
-from ivhw.sw.models import IvshmemFlat
+from ivhw.sw.models import IvshmemFlatModel
 from ivhw.sw.models.registers import access_of_mask
 from ivhw.sw.regmap import DOORBELL, FLAT_REGS, MAX_VECTORS
 
@@ -28,9 +28,9 @@ class Recorder:
         self.rings.append((peer, vector))
 
 
-def make(vectors: int = 2, **kwargs: object) -> tuple[IvshmemFlat, Recorder]:
+def make(vectors: int = 2, **kwargs: object) -> tuple[IvshmemFlatModel, Recorder]:
     rec = Recorder()
-    dev = IvshmemFlat(
+    dev = IvshmemFlatModel(
         vectors=vectors, shm_size=4096, on_irq=rec.irq, on_doorbell=rec.ring, **kwargs
     )
     return dev, rec
@@ -183,7 +183,7 @@ def test_window_bounds_and_sizes_are_caller_errors() -> None:
 
 def test_shared_memory_window_is_the_given_buffer() -> None:
     buf = mmap.mmap(-1, 8192)
-    dev = IvshmemFlat(shm=buf)
+    dev = IvshmemFlatModel(shm=buf)
     assert dev.shm.size == 8192
     dev.shm_write(0x10, 0xDEADBEEF)
     assert buf[0x10:0x14] == b"\xef\xbe\xad\xde"
@@ -195,13 +195,13 @@ def test_shared_memory_window_is_the_given_buffer() -> None:
 
 
 def test_default_shm_and_validation() -> None:
-    assert IvshmemFlat().shm.size == 4 << 20
+    assert IvshmemFlatModel().shm.size == 4 << 20
     with pytest.raises(ValueError):
-        IvshmemFlat(shm_size=3000)
+        IvshmemFlatModel(shm_size=3000)
     with pytest.raises(ValueError):
-        IvshmemFlat(shm=bytearray(1024), shm_size=2048)
+        IvshmemFlatModel(shm=bytearray(1024), shm_size=2048)
     with pytest.raises(ValueError):
-        IvshmemFlat(vectors=MAX_VECTORS + 1)
+        IvshmemFlatModel(vectors=MAX_VECTORS + 1)
     with pytest.raises(ValueError):
-        IvshmemFlat(vectors=0)
-    assert IvshmemFlat(vectors=MAX_VECTORS, shm_size=4096).vectors == MAX_VECTORS
+        IvshmemFlatModel(vectors=0)
+    assert IvshmemFlatModel(vectors=MAX_VECTORS, shm_size=4096).vectors == MAX_VECTORS

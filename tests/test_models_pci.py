@@ -6,7 +6,7 @@ import mmap
 
 import pytest
 
-from ivhw.sw.models import IvshmemPci
+from ivhw.sw.models import IvshmemPciModel
 from ivhw.sw.pcicfg import BARS, CFG, CMD, MSIX_CAP, QEMU_DOORBELL_HEADER, STATUS
 from ivhw.sw.regmap import DOORBELL, MSIX_BAR, MSIX_ENTRY, PCI_REV1_REGS
 
@@ -26,10 +26,10 @@ class Bus:
         self.intx: list[bool] = []
 
 
-def make(vectors: int = 2, **kwargs: object) -> tuple[IvshmemPci, Bus]:
+def make(vectors: int = 2, **kwargs: object) -> tuple[IvshmemPciModel, Bus]:
     bus = Bus()
     kwargs.setdefault("shm_size", SHM)
-    dev = IvshmemPci(
+    dev = IvshmemPciModel(
         vectors=vectors,
         on_msi=lambda a, d: bus.msi.append((a, d)),
         on_doorbell=lambda p, v: bus.rings.append((p, v)),
@@ -39,7 +39,9 @@ def make(vectors: int = 2, **kwargs: object) -> tuple[IvshmemPci, Bus]:
     return dev, bus
 
 
-def program_vector(dev: IvshmemPci, vector: int, address: int, data: int, masked: bool) -> None:
+def program_vector(
+    dev: IvshmemPciModel, vector: int, address: int, data: int, masked: bool
+) -> None:
     base = MSIX_BAR.entry(vector)
     dev.bar_write(BARS.msix.index, base + MSIX_ENTRY.MsgAddrLo.offset, address & 0xFFFFFFFF)
     dev.bar_write(BARS.msix.index, base + MSIX_ENTRY.MsgAddrHi.offset, address >> 32)
@@ -47,7 +49,7 @@ def program_vector(dev: IvshmemPci, vector: int, address: int, data: int, masked
     dev.bar_write(BARS.msix.index, base + MSIX_ENTRY.VectorCtrl.offset, int(masked))
 
 
-def msix_ready(dev: IvshmemPci, *, master: bool = True, maskall: bool = False) -> None:
+def msix_ready(dev: IvshmemPciModel, *, master: bool = True, maskall: bool = False) -> None:
     dev.config_write(CFG.COMMAND, CMD.MEMORY | (CMD.MASTER if master else 0), 2)
     dev.config_write(CTRL, MSIX_CAP.ENABLE | (MSIX_CAP.MASKALL if maskall else 0), 2)
 
@@ -67,7 +69,7 @@ def test_msix_table_size_field(vectors: int) -> None:
 
 
 def test_plain_header() -> None:
-    dev = IvshmemPci(doorbell=False, shm_size=SHM)
+    dev = IvshmemPciModel(doorbell=False, shm_size=SHM)
     assert dev.config_read(CFG.STATUS, 2) == 0
     assert dev.config_read(CFG.CAPABILITY_LIST, 1) == 0
     assert dev.config_read(CFG.INTERRUPT_PIN, 1) == 0
@@ -181,7 +183,7 @@ def test_bar_sizing_32(offset: int, sized: int) -> None:
      (1 << 33, 0xC, 0xFFFFFFFE)],
 )  # fmt: skip
 def test_bar2_sizing_64(size: int, lo: int, hi: int) -> None:
-    dev = IvshmemPci(shm=_sparse(size))
+    dev = IvshmemPciModel(shm=_sparse(size))
     assert dev.config_read(CFG.BAR2) == 0xC
     dev.config_write(CFG.BAR2, 0xFFFFFFFF)
     dev.config_write(CFG.BAR3, 0xFFFFFFFF)
@@ -337,7 +339,7 @@ def test_unaligned_and_qword_register_accesses() -> None:
 
 
 def test_plain_registers() -> None:
-    dev = IvshmemPci(doorbell=False, shm_size=SHM)
+    dev = IvshmemPciModel(doorbell=False, shm_size=SHM)
     assert dev.read_register(REG.IVPosition.offset) == 0
     dev.write_register(REG.Doorbell.offset, DOORBELL.pack(0, 0))
     assert dev.counters.bad_peer == 1
@@ -349,7 +351,7 @@ def test_plain_registers() -> None:
     with pytest.raises(ValueError, match="plain"):
         dev.set_id(0)
     with pytest.raises(ValueError, match="plain"):
-        IvshmemPci(doorbell=False, interrupts="intx")
+        IvshmemPciModel(doorbell=False, interrupts="intx")
 
 
 # -- MSI-X ---------------------------------------------------------------------------------
@@ -566,7 +568,7 @@ def test_intx_reset_deasserts() -> None:
 
 def test_bar2_is_the_given_buffer() -> None:
     buf = bytearray(4096)
-    dev = IvshmemPci(shm=buf)
+    dev = IvshmemPciModel(shm=buf)
     assert dev.shm.size == 4096
     dev.bar_write(BARS.shm.index, 0x100, 0x0102030405060708, 8)
     assert buf[0x100:0x108] == bytes(range(8, 0, -1))
@@ -579,12 +581,12 @@ def test_bar2_is_the_given_buffer() -> None:
 
 def test_constructor_validation() -> None:
     with pytest.raises(ValueError):
-        IvshmemPci(vectors=0)
+        IvshmemPciModel(vectors=0)
     with pytest.raises(ValueError):
-        IvshmemPci(vectors=65)
+        IvshmemPciModel(vectors=65)
     with pytest.raises(ValueError):
-        IvshmemPci(interrupts="msi")  # type: ignore[arg-type]
+        IvshmemPciModel(interrupts="msi")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
-        IvshmemPci(shm=bytearray(3000))
+        IvshmemPciModel(shm=bytearray(3000))
     with pytest.raises(ValueError):
-        IvshmemPci(shm=bytes(4096))
+        IvshmemPciModel(shm=bytes(4096))

@@ -3,7 +3,7 @@
 QEMU's ``ivshmem-doorbell`` joins our server next to a host peer; the host peer
 rings QEMU's vectors for the script's events and waits until QEMU has read
 the eventfd, so every event is handled before the next operation. The same
-script then runs against ``ivhw.sw.models.pci.IvshmemPci`` and every
+script then runs against ``ivhw.sw.models.pci.IvshmemPciModel`` and every
 operation's result is compared. A difference must be fixed in the model or
 listed in :data:`DOCUMENTED` with its reason in ``docs/differential.md``; a
 listed difference that no longer occurs fails too, so the list stays true.
@@ -17,7 +17,7 @@ import pytest
 from qemu_domain import Domain, wait_consumed
 from support import require_tool
 
-from ivhw.sw.models.pci import IvshmemPci
+from ivhw.sw.models.pci import IvshmemPciModel
 from ivhw.sw.pcicfg import QEMU_DOORBELL_HEADER
 from ivhw.sw.peer import PeerVector
 from ivhw.sw.qtest import QemuIvshmem
@@ -126,7 +126,7 @@ def test_self_ring_equals_peer_injection(qemu: Recorded) -> None:
 
 
 def test_model_matches_qemu(qemu: Recorded) -> None:
-    model = IvshmemPci(doorbell=True, vectors=VECTORS, shm_size=SHM_SIZE)
+    model = IvshmemPciModel(doorbell=True, vectors=VECTORS, shm_size=SHM_SIZE)
     model.set_id(qemu.peer_id)
     check(qemu, run(qemu.script, ModelTarget(model)), DOCUMENTED)
 
@@ -146,7 +146,7 @@ def test_model_matches_qemu_other_vector_counts(vectors: int) -> None:
     """Table size, PBA bits and the last vector's mask follow the vector count in both."""
     require_tool("qemu-system-x86_64")
     script, results = record_qemu(vectors)
-    model = IvshmemPci(doorbell=True, vectors=vectors, shm_size=SHM_SIZE)
+    model = IvshmemPciModel(doorbell=True, vectors=vectors, shm_size=SHM_SIZE)
     peer_id = results[[op.name for op in script].index("bar0.reset.08")]
     assert isinstance(peer_id, int)
     model.set_id(peer_id)
@@ -162,7 +162,7 @@ def qemu_plain() -> Iterator[Recorded]:
 
 
 def test_plain_model_matches_qemu(qemu_plain: Recorded) -> None:
-    model = IvshmemPci(doorbell=False, shm_size=SHM_SIZE)
+    model = IvshmemPciModel(doorbell=False, shm_size=SHM_SIZE)
     check(qemu_plain, run(qemu_plain.script, ModelTarget(model)), DOCUMENTED_PLAIN)
 
 

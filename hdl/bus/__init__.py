@@ -21,10 +21,11 @@ from amaranth.hdl import Module, unsigned
 from amaranth.lib import enum, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..transport import AddressedSignature
+from ..transport import AddressedSignature, checking
 
 __all__ = [
     "BusSignature",
+    "FrontEnd",
     "Response",
     "carry_memory_map",
     "device_bus",
@@ -120,6 +121,45 @@ def front_end_members(device: wiring.Component, name: str, bus: wiring.Member) -
         if member_name != "bus":
             members[member_name] = member
     return members
+
+
+class FrontEnd(wiring.Component):
+    """A device with its internal bus replaced by a standard bus port (the front-ends' base).
+
+    Parameters
+    ----------
+    device : wiring.Component
+        Any ivshmem device with a ``bus: In(BusSignature(n))`` member. Every
+        other member of the device appears unchanged on the front-end.
+    name : str
+        Name of the standard bus member.
+    signature : callable
+        ``signature(n)``: the standard bus's signature for a device bus of ``n``
+        address bits. The member carries the device's ``memory_map``.
+
+    Raises
+    ------
+    TypeError
+        If ``device`` has no internal bus port.
+    """
+
+    def __init__(self, device: wiring.Component, name: str, signature) -> None:  # type: ignore[no-untyped-def]
+        with checking(self):
+            addr_width = device_bus(device).addr_width
+        self._device = device
+        super().__init__(front_end_members(device, name, In(signature(addr_width))))
+        carry_memory_map(getattr(self, name), device)
+
+    @property
+    def device(self) -> wiring.Component:
+        return self._device
+
+    def _wrap(self) -> tuple[Module, wiring.Component]:
+        """A module with the device in it and every port but the bus passed through."""
+        m = Module()
+        m.submodules.device = device = self._device
+        forward_ports(m, self, device, skip="bus")
+        return m, device
 
 
 def carry_memory_map(interface: object, device: wiring.Component) -> None:

@@ -34,7 +34,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from ..transport import AddressedSignature
-from . import carry_memory_map, device_bus, forward_ports, front_end_members
+from . import FrontEnd
 
 __all__ = ["AXI4LiteFrontEnd", "AXI4LiteSignature"]
 
@@ -64,7 +64,7 @@ class AXI4LiteSignature(AddressedSignature):
         })  # fmt: skip
 
 
-class AXI4LiteFrontEnd(wiring.Component):
+class AXI4LiteFrontEnd(FrontEnd):
     """A device with its internal bus behind an AXI4-Lite slave port ``axil``.
 
     Parameters
@@ -80,24 +80,10 @@ class AXI4LiteFrontEnd(wiring.Component):
     """
 
     def __init__(self, device: wiring.Component) -> None:
-        try:
-            addr_width = device_bus(device).addr_width
-        except TypeError:
-            # A front-end refused at construction is not an "unused elaboratable".
-            self._MustUse__used = True
-            raise
-        self._device = device
-        super().__init__(front_end_members(device, "axil", In(AXI4LiteSignature(addr_width))))
-        carry_memory_map(self.axil, device)
-
-    @property
-    def device(self) -> wiring.Component:
-        return self._device
+        super().__init__(device, "axil", AXI4LiteSignature)
 
     def elaborate(self, platform: object) -> Module:
-        m = Module()
-        m.submodules.device = device = self._device
-        forward_ports(m, self, device, skip="bus")
+        m, device = self._wrap()
         axil, bus = self.axil, device.bus
 
         write_first = Signal()  # alternates when reads and writes compete

@@ -22,7 +22,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from ..transport import AddressedSignature
-from . import Response, carry_memory_map, device_bus, forward_ports, front_end_members
+from . import FrontEnd, Response
 
 __all__ = ["WishboneFrontEnd", "WishboneSignature"]
 
@@ -48,7 +48,7 @@ class WishboneSignature(AddressedSignature):
         })  # fmt: skip
 
 
-class WishboneFrontEnd(wiring.Component):
+class WishboneFrontEnd(FrontEnd):
     """A device with its internal bus behind a Wishbone classic slave port ``wb``.
 
     Parameters
@@ -65,24 +65,11 @@ class WishboneFrontEnd(wiring.Component):
     """
 
     def __init__(self, device: wiring.Component) -> None:
-        try:
-            addr_width = device_bus(device).addr_width - 2
-        except TypeError:
-            # A front-end refused at construction is not an "unused elaboratable".
-            self._MustUse__used = True
-            raise
-        self._device = device
-        super().__init__(front_end_members(device, "wb", In(WishboneSignature(addr_width))))
-        carry_memory_map(self.wb, device)
-
-    @property
-    def device(self) -> wiring.Component:
-        return self._device
+        # Wishbone addresses words: two address bits fewer than the byte-addressed bus.
+        super().__init__(device, "wb", lambda width: WishboneSignature(width - 2))
 
     def elaborate(self, platform: object) -> Module:
-        m = Module()
-        m.submodules.device = device = self._device
-        forward_ports(m, self, device, skip="bus")
+        m, device = self._wrap()
         wb, bus = self.wb, device.bus
         active = wb.cyc & wb.stb
         okay = bus.resp == Response.OKAY

@@ -3,7 +3,7 @@
 The endpoint speaks the transaction interface of :mod:`ivhw.hdl.pci.tlp`
 (one dword request, one completion) and the transport ports of
 :mod:`ivhw.hdl.transport`, like ivshmem-flat. Behaviour follows the register
-model :class:`ivhw.sw.models.pci.IvshmemPci` (the oracle the tests compare
+model :class:`ivhw.sw.models.pci.IvshmemPciModel` (the oracle the tests compare
 with); offsets, IDs and layouts come from :mod:`ivhw.sw.pcicfg` and
 :mod:`ivhw.sw.regmap`.
 
@@ -76,6 +76,7 @@ from ...sw.pcicfg import (
     VENDOR_CAP,
     BarLayout,
     bars_of,
+    check_interrupts,
     config_header,
     rev2_config,
 )
@@ -87,6 +88,7 @@ from ..transport import (
     add_doorbell_queue,
     check_int,
     check_shm_size,
+    checking,
     transport_members,
 )
 from .tlp import (
@@ -169,7 +171,7 @@ class IvshmemPci(wiring.Component):
         bar2: bool = True,
         shm_address: int | None = None,
     ) -> None:
-        try:
+        with checking(self):
             if revision not in (1, 2):
                 raise ValueError(f"revision must be 1 or 2, not {revision!r}")
             if revision == 2:
@@ -186,19 +188,10 @@ class IvshmemPci(wiring.Component):
                 self._sections = Layout(shm_size, max_peers, output_section_size, state_table_size)
             if not isinstance(doorbell, bool):
                 raise TypeError(f"doorbell must be a bool, not {doorbell!r}")
-            if doorbell:
-                interrupts = "msix" if interrupts is None else interrupts
-                if interrupts not in ("msix", "intx"):
-                    raise ValueError(f"interrupts must be 'msix' or 'intx', not {interrupts!r}")
-            elif interrupts is not None:
-                raise ValueError("ivshmem-plain has no interrupts; leave interrupts unset")
+            interrupts = check_interrupts(doorbell, interrupts)  # type: ignore[assignment]
             self._vectors = check_int("vectors", vectors, 1, MAX_VECTORS)
             check_shm_size(shm_size, 16)
             self._doorbell_depth = check_int("doorbell_depth", doorbell_depth, 1)
-        except (TypeError, ValueError):
-            # A component refused at construction is not an "unused elaboratable".
-            self._MustUse__used = True
-            raise
         self._doorbell = doorbell
         self._interrupts = interrupts
         self._shm_size = shm_size

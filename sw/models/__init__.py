@@ -1,7 +1,7 @@
 """Register-accurate models of the ivshmem devices: the oracle the HDL is checked against.
 
-* :class:`IvshmemFlat` -- ivshmem-flat (sysbus, 16-byte registers, one IRQ);
-* :class:`IvshmemPci` -- ivshmem PCI revision 1 (``ivshmem-doorbell`` with MSI-X or
+* :class:`IvshmemFlatModel` -- ivshmem-flat (sysbus, 16-byte registers, one IRQ);
+* :class:`IvshmemPciModel` -- ivshmem PCI revision 1 (``ivshmem-doorbell`` with MSI-X or
   legacy INTx, ``ivshmem-plain``);
 * :mod:`.attach` -- a model bound to a real ``ivhw.sw.peer.Peer``: a working peer.
 
@@ -12,7 +12,7 @@ windows, MSI-X table) and ``ivhw.sw.pcicfg`` (config space).
 from __future__ import annotations
 
 from .common import Counters, PeerTable, SharedMemory
-from .flat import IvshmemFlat
-from .pci import IvshmemPci
+from .flat import IvshmemFlatModel
+from .pci import IvshmemPciModel
 
-__all__ = ["Counters", "IvshmemFlat", "IvshmemPci", "PeerTable", "SharedMemory"]
+__all__ = ["Counters", "IvshmemFlatModel", "IvshmemPciModel", "PeerTable", "SharedMemory"]

@@ -1,7 +1,7 @@
 """A model device as a working peer of an ivshmem domain.
 
-:class:`Attached` binds a model (:class:`IvshmemPci` doorbell or
-:class:`IvshmemFlat`) to a connected :class:`ivhw.sw.peer.Peer`:
+:class:`Attached` binds a model (:class:`IvshmemPciModel` doorbell or
+:class:`IvshmemFlatModel`) to a connected :class:`ivhw.sw.peer.Peer`:
 
 * the model's shared-memory window is the peer's ``mmap``;
 * its own ID is the peer's ID, its known peers are the peer's (re-read after
@@ -23,12 +23,12 @@ import types
 from typing import Any, Generic, TypeVar
 
 from ..peer import Doorbell, Event, Peer
-from .flat import IvshmemFlat
-from .pci import IvshmemPci
+from .flat import IvshmemFlatModel
+from .pci import IvshmemPciModel
 
 __all__ = ["Attached", "attach_flat", "attach_pci"]
 
-M = TypeVar("M", IvshmemPci, IvshmemFlat)
+M = TypeVar("M", IvshmemPciModel, IvshmemFlatModel)
 
 
 class Attached(Generic[M]):
@@ -39,7 +39,7 @@ class Attached(Generic[M]):
 
     Parameters
     ----------
-    model : IvshmemPci or IvshmemFlat
+    model : IvshmemPciModel or IvshmemFlatModel
         The device; its ``shm`` must be the peer's memory and its vector count the peer's.
     peer : Peer
         A connected peer (handshake done).
@@ -61,7 +61,7 @@ class Attached(Generic[M]):
     """
 
     def __init__(self, model: M, peer: Peer) -> None:
-        if isinstance(model, IvshmemPci) and not model.doorbell:
+        if isinstance(model, IvshmemPciModel) and not model.doorbell:
             raise ValueError("ivshmem-plain has no server connection; attach a doorbell model")
         if model.vectors != peer.vectors:
             raise ValueError(f"model has {model.vectors} vectors but the peer {peer.vectors}")
@@ -125,20 +125,22 @@ class Attached(Generic[M]):
         self.close()
 
 
-def attach_pci(peer: Peer, **kwargs: Any) -> Attached[IvshmemPci]:
-    """An :class:`IvshmemPci` doorbell device over ``peer``'s memory and vectors.
+def attach_pci(peer: Peer, **kwargs: Any) -> Attached[IvshmemPciModel]:
+    """An :class:`IvshmemPciModel` doorbell device over ``peer``'s memory and vectors.
 
-    ``kwargs`` go to :class:`IvshmemPci` (``interrupts``, ``on_msi``, ``on_intx``,
+    ``kwargs`` go to :class:`IvshmemPciModel` (``interrupts``, ``on_msi``, ``on_intx``,
     ``on_doorbell``); ``shm`` and ``vectors`` come from the peer.
     """
-    return Attached(IvshmemPci(doorbell=True, vectors=peer.vectors, shm=peer.shm, **kwargs), peer)
+    return Attached(
+        IvshmemPciModel(doorbell=True, vectors=peer.vectors, shm=peer.shm, **kwargs), peer
+    )
 
 
-def attach_flat(peer: Peer, **kwargs: Any) -> Attached[IvshmemFlat]:
-    """An :class:`IvshmemFlat` over ``peer``'s memory and vectors.
+def attach_flat(peer: Peer, **kwargs: Any) -> Attached[IvshmemFlatModel]:
+    """An :class:`IvshmemFlatModel` over ``peer``'s memory and vectors.
 
-    ``kwargs`` go to :class:`IvshmemFlat` (``on_irq``, ``on_doorbell``). QEMU's
+    ``kwargs`` go to :class:`IvshmemFlatModel` (``on_irq``, ``on_doorbell``). QEMU's
     ivshmem-flat refuses memory whose size differs from its ``shmem-size``;
     here the window simply is the server's memory.
     """
-    return Attached(IvshmemFlat(vectors=peer.vectors, shm=peer.shm, **kwargs), peer)
+    return Attached(IvshmemFlatModel(vectors=peer.vectors, shm=peer.shm, **kwargs), peer)

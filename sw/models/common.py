@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ..regmap import DOORBELL, MAX_VECTORS
 
-__all__ = ["Counters", "DoorbellCallback", "PeerTable", "SharedMemory"]
+__all__ = ["Counters", "DoorbellCallback", "HasPeers", "PeerTable", "SharedMemory"]
 
 #: ``on_doorbell(peer, vector)``: the device rings ``peer`` on ``vector``
 DoorbellCallback = Callable[[int, int], None]
@@ -131,6 +131,45 @@ class PeerTable:
             return None
         counters.rings += 1
         return peer, vector
+
+
+class HasPeers:
+    """The peer side of a device model: own vectors, own ID and the known peers (``_table``)."""
+
+    _table: PeerTable
+
+    def _need_server(self) -> None:
+        """Raise ``ValueError`` if the device has no server (ivshmem-plain); here it has."""
+
+    @property
+    def vectors(self) -> int:
+        """Own vector count (the MSI-X table size on PCI)."""
+        return self._table.vectors
+
+    @property
+    def id(self) -> int | None:
+        """Own peer ID, ``None`` until :meth:`set_id`."""
+        return self._table.id
+
+    @property
+    def peers(self) -> dict[int, int]:
+        """Known peers: ID -> vector count (the own ID included once set)."""
+        return self._table.peers
+
+    def set_id(self, peer: int) -> None:
+        """Take the own peer ID the server assigned (IVPosition)."""
+        self._need_server()
+        self._table.set_id(peer)
+
+    def set_peer(self, peer: int, vectors: int) -> None:
+        """Know ``peer`` with ``vectors`` vectors (0 forgets it)."""
+        self._need_server()
+        self._table.set_peer(peer, vectors)
+
+    def remove_peer(self, peer: int) -> None:
+        """Forget ``peer`` (it disconnected)."""
+        self._need_server()
+        self._table.remove_peer(peer)
 
 
 class SharedMemory:

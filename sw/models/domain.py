@@ -17,7 +17,7 @@ HDL:
 * memory accesses apply in the order the domain grants them, one at a time
   (:meth:`Domain.mem_access`), on a :class:`SharedMemory`.
 
-Device models join with :meth:`Domain.flat`: an :class:`IvshmemFlat` over the
+Device models join with :meth:`Domain.flat`: an :class:`IvshmemFlatModel` over the
 domain's memory, with the port's ID and the table, whose doorbells the domain
 routes to the target's model at once (``event(vector)``: one IRQ pulse).
 """
@@ -30,7 +30,7 @@ from typing import Any
 from ..protocol import MAX_PEER_ID
 from ..regmap import DOORBELL, MAX_VECTORS
 from .common import Counters, PeerTable, SharedMemory
-from .flat import IvshmemFlat
+from .flat import IvshmemFlatModel
 
 __all__ = ["DEFAULT_SHM_SIZE", "Domain", "check_ports"]
 
@@ -134,7 +134,7 @@ class Domain:
         ``rings`` (doorbells routed), ``bad_peer``, ``bad_vector`` (dropped).
     shm : SharedMemory
         The shared memory.
-    devices : dict of int to IvshmemFlat
+    devices : dict of int to IvshmemFlatModel
         Device models made by :meth:`flat`, by port index.
 
     Raises
@@ -153,7 +153,7 @@ class Domain:
         self.ports = check_ports(ports)
         self.shm = SharedMemory(shm, shm_size, DEFAULT_SHM_SIZE)
         self.counters = Counters()
-        self.devices: dict[int, IvshmemFlat] = {}
+        self.devices: dict[int, IvshmemFlatModel] = {}
         self._index = {peer: i for i, (peer, _) in enumerate(self.ports)}
         self._tables = []
         for peer, vectors in self.ports:
@@ -229,8 +229,8 @@ class Domain:
 
     # -- device models ----------------------------------------------------------------------
 
-    def flat(self, port: int, **kwargs: Any) -> IvshmemFlat:
-        """An :class:`IvshmemFlat` model on ``port``: the domain's memory, ID and table.
+    def flat(self, port: int, **kwargs: Any) -> IvshmemFlatModel:
+        """An :class:`IvshmemFlatModel` model on ``port``: the domain's memory, ID and table.
 
         ``kwargs`` go to the model (``on_irq``, ``on_doorbell``). Its doorbells
         are routed by :meth:`ring`; an event for a port with a model is handed to
@@ -247,7 +247,9 @@ class Domain:
             if user is not None:
                 user(target, vector)
 
-        device = IvshmemFlat(vectors=vectors, shm=self.shm.view, on_doorbell=on_doorbell, **kwargs)
+        device = IvshmemFlatModel(
+            vectors=vectors, shm=self.shm.view, on_doorbell=on_doorbell, **kwargs
+        )
         device.set_id(peer)
         for other, count in self.ports:
             if other != peer:

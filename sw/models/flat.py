@@ -5,16 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..regmap import FLAT_REGS, MAX_VECTORS
-from .common import Counters, DoorbellCallback, PeerTable, SharedMemory
+from .common import Counters, DoorbellCallback, HasPeers, PeerTable, SharedMemory
 from .registers import HasRegisters, RegisterFile
 
-__all__ = ["DEFAULT_SHM_SIZE", "IvshmemFlat"]
+__all__ = ["DEFAULT_SHM_SIZE", "IvshmemFlatModel"]
 
 #: QEMU's ``shmem-size`` default: the server's memory must be exactly this big
 DEFAULT_SHM_SIZE = 4 << 20
 
 
-class IvshmemFlat(HasRegisters):
+class IvshmemFlatModel(HasRegisters, HasPeers):
     """ivshmem-flat: a sysbus ivshmem with a 16-byte register window and one IRQ.
 
     Register window (region 0, offsets and access from ``regmap.FLAT_REGS``)::
@@ -94,35 +94,6 @@ class IvshmemFlat(HasRegisters):
             sources={"IVPOSITION": self._ivposition},
             hooks={"doorbell": self._ring},
         )
-
-    # -- peers ------------------------------------------------------------------------------
-
-    @property
-    def vectors(self) -> int:
-        """Own vector count."""
-        return self._table.vectors
-
-    @property
-    def id(self) -> int | None:
-        """Own peer ID, ``None`` until :meth:`set_id`."""
-        return self._table.id
-
-    @property
-    def peers(self) -> dict[int, int]:
-        """Known peers: ID -> vector count (the own ID included once set)."""
-        return self._table.peers
-
-    def set_id(self, peer: int) -> None:
-        """Take the own peer ID the server assigned."""
-        self._table.set_id(peer)
-
-    def set_peer(self, peer: int, vectors: int) -> None:
-        """Know ``peer`` with ``vectors`` vectors (0 forgets it)."""
-        self._table.set_peer(peer, vectors)
-
-    def remove_peer(self, peer: int) -> None:
-        """Forget ``peer`` (it disconnected)."""
-        self._table.remove_peer(peer)
 
     # -- inbound ----------------------------------------------------------------------------
 

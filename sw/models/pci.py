@@ -21,13 +21,14 @@ from ..pcicfg import (
     STATUS,
     BarLayout,
     bars_of,
+    check_interrupts,
     config_header,
 )
 from ..regmap import MSIX_BAR, MSIX_ENTRY, PCI_REV1_REGS
-from .common import Counters, DoorbellCallback, PeerTable, SharedMemory
+from .common import Counters, DoorbellCallback, HasPeers, PeerTable, SharedMemory
 from .registers import HasRegisters, MmioWindow, RegisterFile
 
-__all__ = ["DEFAULT_SHM_SIZE", "EXTENDED_CONFIG_SIZE", "IvshmemPci", "MsiCallback"]
+__all__ = ["DEFAULT_SHM_SIZE", "EXTENDED_CONFIG_SIZE", "IvshmemPciModel", "MsiCallback"]
 
 #: QEMU's ivshmem-server default ``-l``
 DEFAULT_SHM_SIZE = 4 << 20
@@ -50,7 +51,7 @@ class _MsixEntry:
     masked: bool = bool(MSIX_BAR.mask.get(MSIX_ENTRY.VectorCtrl.reset))
 
 
-class IvshmemPci(HasRegisters):
+class IvshmemPciModel(HasRegisters, HasPeers):
     """ivshmem PCI revision 1: ``ivshmem-doorbell`` or ``ivshmem-plain``, as QEMU 7.2.
 
     Configuration header (values from ``ivhw.sw.pcicfg``; MSI-X variant)::
@@ -195,12 +196,7 @@ class IvshmemPci(HasRegisters):
         on_doorbell: DoorbellCallback | None = None,
         on_intx: Callable[[bool], None] | None = None,
     ) -> None:
-        if doorbell:
-            interrupts = "msix" if interrupts is None else interrupts
-            if interrupts not in ("msix", "intx"):
-                raise ValueError(f"interrupts must be 'msix' or 'intx', not {interrupts!r}")
-        elif interrupts is not None:
-            raise ValueError("ivshmem-plain has no interrupts; leave interrupts unset")
+        interrupts = check_interrupts(doorbell, interrupts)  # type: ignore[assignment]
         self.doorbell = doorbell
         self.interrupts = interrupts
         self._table = PeerTable(vectors)
@@ -239,11 +235,6 @@ class IvshmemPci(HasRegisters):
         return self.interrupts == "msix"
 
     @property
-    def vectors(self) -> int:
-        """Own vector count (MSI-X table size)."""
-        return self._table.vectors
-
-    @property
     def bars(self) -> list[tuple[BarLayout, int]]:
         """The BARs of this variant with their sizes, in decode order."""
         return bars_of(msix=self.msix, shm_size=self.shm.size)
@@ -270,36 +261,9 @@ class IvshmemPci(HasRegisters):
         self.regs.reset()
         self._update_intx()
 
-    # -- peers ------------------------------------------------------------------------------
-
-    @property
-    def id(self) -> int | None:
-        """Own peer ID, ``None`` until :meth:`set_id`."""
-        return self._table.id
-
-    @property
-    def peers(self) -> dict[int, int]:
-        """Known peers: ID -> vector count (the own ID included once set)."""
-        return self._table.peers
-
     def _need_server(self) -> None:
         if not self.doorbell:
             raise ValueError("ivshmem-plain has no server: no ID, peers or events")
-
-    def set_id(self, peer: int) -> None:
-        """Take the own peer ID the server assigned (IVPosition)."""
-        self._need_server()
-        self._table.set_id(peer)
-
-    def set_peer(self, peer: int, vectors: int) -> None:
-        """Know ``peer`` with ``vectors`` vectors (0 forgets it)."""
-        self._need_server()
-        self._table.set_peer(peer, vectors)
-
-    def remove_peer(self, peer: int) -> None:
-        """Forget ``peer`` (it disconnected)."""
-        self._need_server()
-        self._table.remove_peer(peer)
 
     # -- config space -----------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from ..pcicfg import BARS, CMD, REV2_IDS, VENDOR_CAP, BarLayout, rev2_config
 from ..regmap import MSIX_BAR, PCI_REV2_REGS
 from ..sections import STATE_ENTRY_SIZE, STATE_TABLE_SIZE, Layout
 from .common import DoorbellCallback
-from .pci import DEFAULT_SHM_SIZE, IvshmemPci, MsiCallback
+from .pci import DEFAULT_SHM_SIZE, IvshmemPciModel, MsiCallback
 from .registers import RegisterFile
 
 __all__ = ["LAYOUTS", "IvshmemPci2"]
@@ -28,7 +28,7 @@ LAYOUTS = ("final", "rfc")
 _MSIX_CONTROL = 2  # Message Control, from the MSI-X capability's start
 
 
-class IvshmemPci2(IvshmemPci):
+class IvshmemPci2(IvshmemPciModel):
     """ivshmem revision 2: layout ``final`` (Jailhouse, drivers) or ``rfc`` (QEMU RFC v1).
 
     Configuration header (``ivhw.sw.pcicfg.rev2_config``; layout ``final``, MSI-X)::
@@ -99,13 +99,13 @@ class IvshmemPci2(IvshmemPci):
     protocol : int
         The 16-bit protocol in the class code.
     shm, shm_size
-        As :class:`~ivhw.sw.models.pci.IvshmemPci` (the size a power of two).
+        As :class:`~ivhw.sw.models.pci.IvshmemPciModel` (the size a power of two).
     bar2 : bool
         ``False``: no BAR2; the vendor capability carries ``shm_address``.
     shm_address : int or None
         Without BAR2: where the shared memory is (page-aligned).
     on_msi, on_doorbell, on_intx
-        As :class:`~ivhw.sw.models.pci.IvshmemPci`; ``on_intx`` sees each pulse.
+        As :class:`~ivhw.sw.models.pci.IvshmemPciModel`; ``on_intx`` sees each pulse.
 
     Attributes
     ----------

@@ -11,7 +11,7 @@ The toplevel (built by ``tests/test_hdl_domain.py``) holds two domains:
     Three real ivshmem-flat tiles (Wishbone, AXI4-Lite, Wishbone) on a second
     domain, driven by bus masters: doorbells reach the other tile's IRQ, memory one
     tile writes the others read, as VMs do through a server. The models are three
-    :class:`IvshmemFlat` on a :class:`Domain`.
+    :class:`IvshmemFlatModel` on a :class:`Domain`.
 
 Environment: ``IVHW_SEED`` (rerun one seed), ``IVHW_RANDOM_OPS``.
 """

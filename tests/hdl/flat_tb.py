@@ -19,7 +19,6 @@ pytest entry), ``IVHW_SEED`` (rerun one seed of the random tests).
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import random
@@ -28,15 +27,16 @@ from typing import Any
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import FallingEdge, RisingEdge, with_timeout
+from cocotb.triggers import RisingEdge, with_timeout
 from cocotb_bus.drivers.amba import AXI4LiteMaster, AXIProtocolError
 from cocotbext.axi import AxiLiteBus, AxiLiteMaster, AxiResp
 from cocotbext.wishbone.driver import WBOp
 from cocotbext.wishbone.driver import WishboneMaster as ExtWishboneMaster
 from wishbone_master import WishboneMaster
 
+from ivhw.hdl.testing import DeviceTransport, cocotb_step
 from ivhw.sw.memmap import Kind, flat_memory_map
-from ivhw.sw.models.flat import IvshmemFlat
+from ivhw.sw.models.flat import IvshmemFlatModel
 from ivhw.sw.regmap import DOORBELL, FLAT_REGS
 
 PARAMS: dict[str, int] = json.loads(os.environ.get("IVHW_FLAT_PARAMS", "{}"))
@@ -45,6 +45,7 @@ SHM_SIZE = PARAMS.get("shm_size", 4096)
 #: the bus's windows and holes, as the device's ``bus.memory_map``
 MAP = flat_memory_map(SHM_SIZE)
 REGS, SHM = MAP["regs"], MAP["shm"]
+_DOORBELL_READY = 0.7
 FIFO_DEPTH = PARAMS.get("doorbell_depth", 2)
 OWN_ID = 5
 #: peers the transport knows besides the own ID: ID -> vector count
@@ -69,29 +70,36 @@ def _lanes(mask: int) -> int:
 
 
 class Transport:
-    """Models the transport side of one device: peers, doorbell sink, events, memory."""
+    """The transport side of one device (``ivhw.hdl.testing.DeviceTransport``) and its IRQ."""
 
     def __init__(self, dut: Any, prefix: str, rng: random.Random, peers: dict[int, int]) -> None:
-        self._dut, self._p, self._rng = dut, prefix, rng
+        self._dut, self._p = dut, prefix
+        self.driver = DeviceTransport(
+            rng, SHM_SIZE, prefix=prefix, doorbell_ready=_DOORBELL_READY, mem_ready=0.6,
+            peer_latency=(0, 0, 1, 2), read_latency=(1, 2, 4),
+        )  # fmt: skip
+        self.driver.peers.peers = peers
         self.peers = peers
-        self.doorbells: list[tuple[int, int]] = []
-        self.stall_doorbells = False
-        self._stall_left = 0
-        self.events: collections.deque[int] = collections.deque()
+        self.events = self.driver.events.queue
+        self.mem = self.driver.mem.memory
         self.irq_edges = 0
         self.irq_high = 0
-        self.mem = bytearray(SHM_SIZE)
         self._irq_prev = 0
-        self._ack_countdown: int | None = None
-        self._acked = False
-        self._read_due: tuple[int, int] | None = None
-        for name in ("doorbell__ready", "event__valid", "event__payload", "peers__ack",
-                     "peers__vectors", "mem__ready", "mem__r_valid", "mem__r_data",
-                     "ident__valid", "ident__id"):  # fmt: skip
-            self._sig(name).value = 0
+        for name in self.driver.inputs():
+            getattr(dut, name).value = 0
 
-    def _sig(self, name: str) -> Any:
-        return getattr(self._dut, self._p + name)
+    @property
+    def doorbells(self) -> list[tuple[int, int]]:
+        """``(peer, vector)`` of every doorbell taken from the device."""
+        return self.driver.rung()
+
+    @property
+    def stall_doorbells(self) -> bool:
+        return self.driver.doorbells.ready == 0
+
+    @stall_doorbells.setter
+    def stall_doorbells(self, stalled: bool) -> None:
+        self.driver.doorbells.ready = 0 if stalled else _DOORBELL_READY
 
     def stall_for(self, cycles: int) -> None:
         """Hold the doorbell sink's ready low for ``cycles`` cycles, then let it go.
@@ -99,81 +107,23 @@ class Transport:
         Random sequences use this bounded stall: a doorbell write waiting on a
         full queue must end, or the bus access would wait forever.
         """
-        self._stall_left = cycles
+        self.driver.doorbells.stall_for(cycles)
 
     def set_ident(self, peer: int | None) -> None:
-        self._sig("ident__id").value = 0 if peer is None else peer
-        self._sig("ident__valid").value = int(peer is not None)
+        self.driver.ident.id = peer
 
     async def run(self) -> None:
-        rng, sig = self._rng, self._sig
+        irq = self._p + "irq"
+        step = cocotb_step(self._dut, [*self.driver.outputs, irq])
         while True:
-            await FallingEdge(self._dut.clk)
-            # Known-peer lookups: answer after 0..2 cycles, one cycle of ack.
-            if self._acked:
-                sig("peers__ack").value = 0
-                self._acked = False
-            elif int(sig("peers__req").value):
-                if self._ack_countdown is None:
-                    self._ack_countdown = rng.choice((0, 0, 1, 2))
-                if self._ack_countdown == 0:
-                    peer = int(sig("peers__peer").value)
-                    sig("peers__vectors").value = self.peers.get(peer, 0)
-                    sig("peers__ack").value = 1
-                    self._acked = True
-                    self._ack_countdown = None
-                else:
-                    self._ack_countdown -= 1
-            # Doorbell sink.
-            stalled = self.stall_doorbells or self._stall_left > 0
-            self._stall_left = max(0, self._stall_left - 1)
-            ready = 0 if stalled else int(rng.random() < 0.7)
-            sig("doorbell__ready").value = ready
-            if ready and int(sig("doorbell__valid").value):
-                word = int(sig("doorbell__payload").value)
-                self.doorbells.append(DOORBELL.unpack(word))
-            # Event source: the transfer happens at the next edge if ready is high now.
-            if self.events:
-                sig("event__valid").value = 1
-                sig("event__payload").value = self.events[0]
-                if int(sig("event__ready").value):
-                    self.events.popleft()
-            else:
-                sig("event__valid").value = 0
-            # IRQ monitor.
-            irq = int(self._dut_irq())
-            self.irq_edges += irq and not self._irq_prev
-            self.irq_high += irq
-            self._irq_prev = irq
-            # Shared memory with random latency.
-            sig("mem__r_valid").value = 0
-            if self._read_due is not None:
-                delay, data = self._read_due
-                if delay == 0:
-                    sig("mem__r_valid").value = 1
-                    sig("mem__r_data").value = data
-                    self._read_due = None
-                else:
-                    self._read_due = (delay - 1, data)
-            mem_ready = int(rng.random() < 0.6)
-            sig("mem__ready").value = mem_ready
-            if mem_ready and int(sig("mem__valid").value):
-                offset = 4 * int(sig("mem__addr").value)
-                if int(sig("mem__we").value):
-                    data = int(sig("mem__w_data").value)
-                    sel = int(sig("mem__sel").value)
-                    for lane in range(4):
-                        if sel >> lane & 1:
-                            self.mem[offset + lane] = data >> (8 * lane) & 0xFF
-                else:
-                    word = int.from_bytes(self.mem[offset : offset + 4], "little")
-                    self._read_due = (rng.choice((0, 1, 3)), word)
-
-    def _dut_irq(self) -> Any:
-        return self._sig("irq").value
+            values = await step(self.driver.inputs())
+            self.driver.edge(values)
+            self.irq_edges += values[irq] and not self._irq_prev
+            self.irq_high += values[irq]
+            self._irq_prev = values[irq]
 
     def counter(self, name: str) -> int:
-        return int(self._sig(name).value)
+        return int(getattr(self._dut, self._p + name).value)
 
 
 class Master:
@@ -282,7 +232,7 @@ class TB:
     def __init__(self, dut: Any, master: str, seed: int | None = None) -> None:
         self.dut = dut
         self.rng = random.Random(seed)
-        self.model = IvshmemFlat(vectors=VECTORS, shm_size=SHM_SIZE,
+        self.model = IvshmemFlatModel(vectors=VECTORS, shm_size=SHM_SIZE,
                                  on_doorbell=lambda p, v: self.rings.append((p, v)))  # fmt: skip
         self.rings: list[tuple[int, int]] = []
         self.master = Master(master, dut)

@@ -2,7 +2,7 @@
 
 Every request goes to the RTL and to ``ivhw.sw.models.pci2.IvshmemPci2``; after each
 one the completion, MSI-X messages, doorbells (the state broadcast included), INTx
-pulses, counters and the whole shared memory must agree (:meth:`pci_bench.TB.access`).
+pulses, counters and the whole shared memory must agree (:meth:`pci_testbench.TB.access`).
 Zephyr's and Linux uio_ivshmem's bring-up (``ivhw.sw.drivers2``) run on the RTL with
 the same per-access comparison.
 """
@@ -14,7 +14,7 @@ import random
 from typing import Any
 
 import cocotb
-from pci_bench import TB, seed
+from pci_testbench import TB, seed
 
 from ivhw.hdl.pci.tlp import ReqKind
 from ivhw.sw import drivers2, regscript

@@ -17,7 +17,7 @@ from cocotbext.pcie.core import Device, RootComplex
 from cocotbext.pcie.core.function import Function
 from cocotbext.pcie.core.pci import PciCapId
 from cocotbext.pcie.core.tlp import Tlp, TlpType
-from pci_bench import PARAMS, TB
+from pci_testbench import PARAMS, TB
 
 from ivhw.hdl.pci.tlp import CplStatus, ReqKind
 from ivhw.sw.pcicfg import (
@@ -168,6 +168,9 @@ async def enumerate_and_msix(dut: Any) -> None:
     msix = dev.bar_window[BARS.msix.index]
     ctrl = MSIX_BAR.entry(1) + MSIX_ENTRY.VectorCtrl.offset
     await msix.write_dword(ctrl, 1)
+    # A memory write is posted: read it back so that it has landed (PCIe ordering) before
+    # the event, which the endpoint takes ahead of a request arriving in the same cycle.
+    assert await msix.read_dword(ctrl) == 1
     await _event_fires(dev, tb, 1, fired=False)
     assert await msix.read_dword(MSIX_BAR.pba) == 0b10
     ev = dev.msi_vectors[1].event

@@ -1,8 +1,8 @@
 """cocotb tests of the ivshmem PCI endpoint against the register model, request by request.
 
-Every request goes to the RTL and to ``ivhw.sw.models.pci.IvshmemPci``; after
+Every request goes to the RTL and to ``ivhw.sw.models.pci.IvshmemPciModel``; after
 each one the completion, MSI-X messages, doorbells, INTx level and counters
-must agree (:meth:`pci_bench.TB.access`). The register script of
+must agree (:meth:`pci_testbench.TB.access`). The register script of
 ``ivhw.sw.regscript`` (recorded against QEMU 7.2) runs on the RTL as a target.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import cocotb
-from pci_bench import PARAMS, TB, seed
+from pci_testbench import PARAMS, TB, seed
 
 from ivhw.hdl.pci.tlp import ReqKind
 from ivhw.sw import regscript
@@ -329,12 +329,12 @@ async def run_script(script: list[regscript.Op], target: HdlTarget) -> list[regs
 
 
 def _model_results(script: list[regscript.Op], vectors: int, doorbell: bool) -> list[Any]:
-    from ivhw.sw.models.pci import IvshmemPci
+    from ivhw.sw.models.pci import IvshmemPciModel
 
     if not doorbell:
-        model = IvshmemPci(doorbell=False, shm_size=PARAMS.get("shm_size", 4096))
+        model = IvshmemPciModel(doorbell=False, shm_size=PARAMS.get("shm_size", 4096))
         return regscript.run(script, regscript.ModelTarget(model))
-    model = IvshmemPci(vectors=vectors, shm_size=PARAMS.get("shm_size", 4096))
+    model = IvshmemPciModel(vectors=vectors, shm_size=PARAMS.get("shm_size", 4096))
     model.set_id(OWN_ID)
     return regscript.run(script, regscript.ModelTarget(model))
 

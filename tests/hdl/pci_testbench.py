@@ -3,7 +3,7 @@
 :class:`TB` owns the clock, drives the transaction interface
 (:mod:`ivhw.hdl.pci.tlp`), plays the transport (peer lookups, doorbell sink,
 events, shared memory) and collects MSI-X messages; :class:`Oracle` applies the
-same requests to the register model (``ivhw.sw.models.pci.IvshmemPci``, or for
+same requests to the register model (``ivhw.sw.models.pci.IvshmemPciModel``, or for
 ``revision`` 2 ``ivhw.sw.models.pci2.IvshmemPci2``) and says what the endpoint
 must answer. Every port is sampled at the rising edge (the
 values the flip-flops see) and driven right after it.
@@ -13,7 +13,6 @@ Environment: ``IVHW_PCI_PARAMS`` (JSON of the endpoint parameters), ``IVHW_SEED`
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import random
@@ -24,10 +23,10 @@ from cocotb.clock import Clock
 from cocotb.triggers import RisingEdge, with_timeout
 
 from ivhw.hdl.pci.tlp import Completion, CplStatus, MsiMessage, ReqKind, Request
-from ivhw.sw.models.pci import IvshmemPci
+from ivhw.hdl.testing import DeviceTransport, StreamSink, StreamSource, cocotb_step
+from ivhw.sw.models.pci import IvshmemPciModel
 from ivhw.sw.models.pci2 import IvshmemPci2
 from ivhw.sw.pcicfg import BARS
-from ivhw.sw.regmap import DOORBELL
 
 __all__ = ["PARAMS", "TB", "Oracle", "pack", "seed", "unpack"]
 
@@ -75,7 +74,7 @@ class Oracle:
     """The register model seen through the transaction interface: what must each request do."""
 
     def __init__(self, params: dict[str, Any]) -> None:
-        model = IvshmemPci2 if params.get("revision") == 2 else IvshmemPci
+        model = IvshmemPci2 if params.get("revision") == 2 else IvshmemPciModel
         self.model = model(**model_params(params))
         self.rev2 = params.get("revision") == 2
         self.msis: list[tuple[int, int]] = []
@@ -125,45 +124,58 @@ class Oracle:
 
 
 class TB:
-    """Clock, reset, transaction driver and transport of one endpoint; the oracle beside it."""
+    """Clock, reset, transaction driver and transport of one endpoint; the oracle beside it.
+
+    The ports are played by the shared drivers of :mod:`ivhw.hdl.testing`: a
+    stream source of requests, stream sinks of completions, MSI-X messages and
+    doorbells, and the endpoint's transport (:class:`DeviceTransport`).
+    """
 
     def __init__(self, dut: Any, params: dict[str, Any] | None = None, rng_seed: int = 1) -> None:
         self.dut = dut
         self.params = PARAMS if params is None else params
         self.rng = random.Random(rng_seed)
         self.oracle = Oracle(self.params)
-        self.shm = bytearray(self.oracle.model.shm.size)
+        self.transport = DeviceTransport(
+            self.rng, self.oracle.model.shm.size, doorbell_ready=0.7, mem_ready=0.8,
+            peer_latency=(0, 0, 1, 2),
+        )  # fmt: skip
+        self.shm = self.transport.mem.memory
+        self.events = self.transport.events.queue
+        self._req = StreamSource("req__")
+        self._cpl = StreamSink("cpl__", self.rng, 0.8)
+        self._msi = StreamSink("msi__", self.rng, 0.8)
+        self._drivers = (self.transport, self._req, self._cpl, self._msi)
         self.msis: list[tuple[int, int]] = []
-        self.doorbells: list[tuple[int, int]] = []
-        self.events: collections.deque[int] = collections.deque()
-        self.doorbell_ready_p = 0.7
-        self.msi_ready_p = 0.8
         self.on_msi: Any = None
         self.intx_pulses = 0
-        self._read_reply: int | None = None
-        self._acked = False
-        self._cpl: tuple[int, int] | None = None
-        self._ident: int | None = None
-        for name in (
-            "req__valid",
-            "req__payload",
-            "cpl__ready",
-            "msi__ready",
-            "doorbell__ready",
-            "event__valid",
-            "event__payload",
-            "peers__ack",
-            "peers__vectors",
-            "mem__ready",
-            "mem__r_valid",
-            "mem__r_data",
-            "ident__valid",
-            "ident__id",
-        ):
-            getattr(dut, name).value = 0  # fmt: skip
+        for driver in self._drivers:
+            for name in driver.inputs():
+                getattr(dut, name).value = 0
         dut.rst.value = 1
         Clock(dut.clk, 10, unit="ns").start()
         self._task: Any = None
+
+    @property
+    def doorbells(self) -> list[tuple[int, int]]:
+        """``(peer, vector)`` of every doorbell taken from the endpoint."""
+        return self.transport.rung()
+
+    @property
+    def doorbell_ready_p(self) -> float:
+        return self.transport.doorbells.ready
+
+    @doorbell_ready_p.setter
+    def doorbell_ready_p(self, p: float) -> None:
+        self.transport.doorbells.ready = p
+
+    @property
+    def msi_ready_p(self) -> float:
+        return self._msi.ready
+
+    @msi_ready_p.setter
+    def msi_ready_p(self, p: float) -> None:
+        self._msi.ready = p
 
     async def cycle_reset(self) -> None:
         self.dut.rst.value = 1
@@ -199,69 +211,33 @@ class TB:
 
     def set_ident(self, peer: int | None) -> None:
         """The server assigned ``peer`` (``None``: not yet); the model learns it too."""
-        self._ident = peer
-        self.dut.ident__id.value = 0 if peer is None else peer
-        self.dut.ident__valid.value = int(peer is not None)
+        self.transport.ident.id = peer
         if peer is not None and self.oracle.model.doorbell:
             self.oracle.model.set_id(peer)
+        self.transport.peers.peers = self.oracle.model.peers
 
     def set_peer(self, peer: int, vectors: int) -> None:
         self.oracle.model.set_peer(peer, vectors)
+        self.transport.peers.peers = self.oracle.model.peers
 
     async def _ports(self) -> None:
-        dut, rng = self.dut, self.rng
+        outputs = [name for driver in self._drivers for name in driver.outputs] + ["intx"]
+        step = cocotb_step(self.dut, outputs)
         while True:
-            await RisingEdge(dut.clk)
-            # what happened at this edge
-            if int(dut.msi__valid.value) and int(dut.msi__ready.value):
-                msg = unpack(MsiMessage, int(dut.msi__payload.value))
+            values: dict[str, int] = {}
+            for driver in self._drivers:
+                values.update(driver.inputs())
+            sampled = await step(values)
+            if self.oracle.rev2 and sampled["intx"]:
+                self.intx_pulses += 1  # revision 2's INTx is a one-cycle pulse
+            seen = len(self._msi.items)
+            for driver in self._drivers:
+                driver.edge(sampled)
+            for word in self._msi.items[seen:]:
+                msg = unpack(MsiMessage, word)
                 self.msis.append((msg["addr"], msg["data"]))
                 if self.on_msi is not None:
                     self.on_msi(msg["addr"], msg["data"])
-            if int(dut.doorbell__valid.value) and int(dut.doorbell__ready.value):
-                self.doorbells.append(DOORBELL.unpack(int(dut.doorbell__payload.value)))
-            if int(dut.event__valid.value) and int(dut.event__ready.value):
-                self.events.popleft()
-            if self.oracle.rev2 and int(dut.intx.value):
-                self.intx_pulses += 1  # revision 2's INTx is a one-cycle pulse
-            if int(dut.cpl__valid.value) and int(dut.cpl__ready.value):
-                cpl = unpack(Completion, int(dut.cpl__payload.value))
-                self._cpl = (cpl["status"], cpl["data"])
-            mem_take = int(dut.mem__valid.value) and int(dut.mem__ready.value)
-            mem_req = (int(dut.mem__we.value), int(dut.mem__addr.value) * 4,
-                       int(dut.mem__w_data.value), int(dut.mem__sel.value))  # fmt: skip
-            peer_req = int(dut.peers__req.value) and not self._acked
-            # what to offer before the next edge
-            dut.mem__r_valid.value = 0
-            if self._read_reply is not None:
-                dut.mem__r_valid.value = 1
-                dut.mem__r_data.value = self._read_reply
-                self._read_reply = None
-            if mem_take:
-                we, addr, w_data, sel = mem_req
-                if we:
-                    for i in range(4):
-                        if sel >> i & 1:
-                            self.shm[addr + i] = (w_data >> (8 * i)) & 0xFF
-                else:
-                    self._read_reply = int.from_bytes(self.shm[addr : addr + 4], "little")
-            dut.mem__ready.value = int(rng.random() < 0.8)
-            dut.peers__ack.value = 0
-            self._acked = False
-            if peer_req and rng.random() < 0.6:
-                dut.peers__vectors.value = self.oracle.model.peers.get(
-                    int(dut.peers__peer.value), 0
-                )
-                dut.peers__ack.value = 1
-                self._acked = True
-            dut.doorbell__ready.value = int(rng.random() < self.doorbell_ready_p)
-            dut.msi__ready.value = int(rng.random() < self.msi_ready_p)
-            dut.cpl__ready.value = int(rng.random() < 0.8)
-            if self.events:
-                dut.event__valid.value = 1
-                dut.event__payload.value = self.events[0]
-            else:
-                dut.event__valid.value = 0
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -269,23 +245,16 @@ class TB:
         self, kind: ReqKind, addr: int, be: int = 0xF, data: int = 0
     ) -> tuple[int, int]:
         """One request through the endpoint: ``(status, data)`` of its completion."""
-        dut = self.dut
-        dut.req__payload.value = pack(Request, kind=kind.value, addr=addr, be=be, data=data)
-        dut.req__valid.value = 1
-        self._cpl = None
+        done = len(self._cpl.items)
+        self._req.queue.append(pack(Request, kind=kind.value, addr=addr, be=be, data=data))
 
         async def wait() -> None:
-            while True:
-                await RisingEdge(dut.clk)
-                if int(dut.req__ready.value):
-                    break
-            dut.req__valid.value = 0
-            while self._cpl is None:
-                await RisingEdge(dut.clk)
+            while len(self._cpl.items) <= done:
+                await RisingEdge(self.dut.clk)
 
         await with_timeout(wait(), 20, "us")
-        assert self._cpl is not None
-        return self._cpl
+        cpl = unpack(Completion, self._cpl.items[done])
+        return cpl["status"], cpl["data"]
 
     async def settle(self, cycles: int = 12) -> None:
         """Let the endpoint deliver pending messages and the sinks drain."""
