@@ -272,6 +272,7 @@ async def enumerate_rev2_msix(dut: Any) -> None:
     assert len(dev.msi_vectors) == m.vectors
     await _event_fires(dev, tb, 0, fired=False)  # Interrupt Control still off
     await regs.write_dword(reg.IntCtrl.offset, 1)
+    assert await regs.read_dword(reg.IntCtrl.offset) == 1  # the posted write has landed
     for v in range(m.vectors):
         await _event_fires(dev, tb, v)
     # the state: into the own State Table entry, and vector 0 of peer 0
