@@ -259,7 +259,10 @@ def run_cocotb(
     module raise ``ValueError`` before anything runs; afterwards
     :func:`check_results` judges the results file, not the runner (which lets a
     filter that matches nothing pass). Other keyword arguments go to
-    ``runner.test``. Returns the names that ran.
+    ``runner.test`` (Verilog toplevel, :data:`TIMESCALE` and ``sim.log`` in
+    ``test_dir`` unless given); the runner passes this process's environment
+    on to the simulator (``IVHW_SEED`` and the like need no ``extra_env``).
+    Returns the names that ran.
     """
     definitions = _test_definitions(test_module)
     known = list(definitions)
@@ -272,6 +275,9 @@ def run_cocotb(
         )
     names = "|".join(re.escape(name) for name in wanted)
     results_xml = Path(test_dir).resolve() / "results.xml"
+    test_args.setdefault("hdl_toplevel_lang", "verilog")  # needed when no build() ran here
+    test_args.setdefault("timescale", TIMESCALE)
+    test_args.setdefault("log_file", Path(test_dir) / "sim.log")
     try:
         runner.test(
             test_module=test_module,

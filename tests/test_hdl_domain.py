@@ -168,20 +168,12 @@ def test_domain(simulator: str, test: str, tmp_path: Path) -> None:
     runner, build_dir = _build(simulator, toplevel)
     if str(TB_DIR) not in sys.path:
         sys.path.insert(0, str(TB_DIR))  # the runner passes sys.path on as PYTHONPATH
-    env: dict[str, str] = {}
-    for name in ("IVHW_SEED", "IVHW_RANDOM_OPS"):
-        if name in os.environ:
-            env[name] = os.environ[name]
     run_cocotb(  # fails unless the test ran and passed
         runner,
         test_module="domain_tb",
         tests=[test],
         test_dir=tmp_path,
         hdl_toplevel=toplevel,
-        hdl_toplevel_lang="verilog",  # needed when this process did not run build()
         build_dir=build_dir,
-        extra_env=env,
         waves=_waves(),
-        timescale=("1ns", "1ps"),
-        log_file=tmp_path / "sim.log",
     )

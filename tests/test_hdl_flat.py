@@ -113,19 +113,13 @@ def test_flat(simulator: str, test: str, tmp_path: Path) -> None:
     require_tool("iverilog" if simulator == "icarus" else "verilator")
     runner, build_dir = _build(simulator)
     env = {"IVHW_FLAT_PARAMS": json.dumps(PARAMS)}
-    for name in ("IVHW_SEED", "IVHW_RANDOM_OPS"):
-        if name in os.environ:
-            env[name] = os.environ[name]
     run_cocotb(  # fails unless the test ran and passed
         runner,
         test_module="flat_tb",
         tests=[test],
         test_dir=tmp_path,
         hdl_toplevel=TOPLEVEL,
-        hdl_toplevel_lang="verilog",  # needed when this process did not run build()
         build_dir=build_dir,
         extra_env=env,
         waves=_waves(),
-        timescale=("1ns", "1ps"),
-        log_file=tmp_path / "sim.log",
     )
