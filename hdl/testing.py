@@ -44,6 +44,7 @@ __all__ = [
     "StreamSource",
     "amaranth_signal",
     "amaranth_step",
+    "cocotb_reset",
     "cocotb_step",
     "run",
 ]
@@ -373,6 +374,17 @@ def amaranth_step(ctx: Any, dut: Any, outputs: Iterable[str]) -> Step:
         return sampled
 
     return step
+
+
+async def cocotb_reset(dut: Any, cycles: int = 3) -> None:
+    """Hold ``dut.rst`` high for ``cycles`` clock cycles, then one cycle out of reset."""
+    from cocotb.triggers import RisingEdge
+
+    dut.rst.value = 1
+    for _ in range(cycles):
+        await RisingEdge(dut.clk)
+    dut.rst.value = 0
+    await RisingEdge(dut.clk)
 
 
 def cocotb_step(dut: Any, outputs: Iterable[str]) -> Step:

@@ -46,7 +46,9 @@ __all__ = [
     "Request",
     "completion_signature",
     "msi_signature",
+    "pack",
     "request_signature",
+    "unpack",
 ]
 
 
@@ -85,6 +87,24 @@ Completion = data.StructLayout({"status": CplStatus, "data": unsigned(32)})
 
 #: An MSI-X message: write ``data`` (32 bits) to ``addr`` (64 bits).
 MsiMessage = data.StructLayout({"addr": unsigned(64), "data": unsigned(32)})
+
+
+def pack(layout: data.StructLayout, **fields: int) -> int:
+    """The integer of ``layout`` (``Request``, ``Completion``, ``MsiMessage``) with ``fields``.
+
+    Fields not given are 0; each value is truncated to its field. For drivers
+    outside the gateware (testbenches, the co-simulation bridge), so that no
+    bit offset is written twice.
+    """
+    value = 0
+    for name, field in layout:
+        value |= (int(fields.get(name, 0)) & ((1 << field.width) - 1)) << field.offset
+    return value
+
+
+def unpack(layout: data.StructLayout, value: int) -> dict[str, int]:
+    """The fields of the integer ``value`` laid out as ``layout``."""
+    return {name: (value >> f.offset) & ((1 << f.width) - 1) for name, f in layout}
 
 
 def request_signature() -> stream.Signature:

@@ -34,7 +34,7 @@ from cocotbext.wishbone.driver import WBOp
 from cocotbext.wishbone.driver import WishboneMaster as ExtWishboneMaster
 from wishbone_master import WishboneMaster
 
-from ivhw.hdl.testing import DeviceTransport, cocotb_step
+from ivhw.hdl.testing import DeviceTransport, cocotb_reset, cocotb_step
 from ivhw.sw.memmap import Kind, flat_memory_map
 from ivhw.sw.models.flat import IvshmemFlatModel
 from ivhw.sw.regmap import DOORBELL, FLAT_REGS
@@ -242,11 +242,7 @@ class TB:
         self.accesses = 0
 
     async def cycle_reset(self) -> None:
-        self.dut.rst.value = 1
-        for _ in range(3):
-            await RisingEdge(self.dut.clk)
-        self.dut.rst.value = 0
-        await RisingEdge(self.dut.clk)
+        await cocotb_reset(self.dut)
         cocotb.start_soon(self.transport.run())
 
     def join_domain(self) -> None:

@@ -22,8 +22,14 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import RisingEdge, with_timeout
 
-from ivhw.hdl.pci.tlp import Completion, CplStatus, MsiMessage, ReqKind, Request
-from ivhw.hdl.testing import DeviceTransport, StreamSink, StreamSource, cocotb_step
+from ivhw.hdl.pci.tlp import Completion, CplStatus, MsiMessage, ReqKind, Request, pack, unpack
+from ivhw.hdl.testing import (
+    DeviceTransport,
+    StreamSink,
+    StreamSource,
+    cocotb_reset,
+    cocotb_step,
+)
 from ivhw.sw.models.pci import IvshmemPciModel
 from ivhw.sw.models.pci2 import IvshmemPci2
 from ivhw.sw.pcicfg import BARS
@@ -39,19 +45,6 @@ def seed() -> int:
     value = int(os.environ.get("IVHW_SEED", "0")) or random.randrange(1, 1 << 32)
     cocotb.log.info("seed %d (rerun with IVHW_SEED=%d)", value, value)
     return value
-
-
-def pack(layout: Any, **fields: int) -> int:
-    """The integer of a struct ``layout`` with ``fields`` (others 0)."""
-    value = 0
-    for name, field in layout:
-        value |= (int(fields.get(name, 0)) & ((1 << field.width) - 1)) << field.offset
-    return value
-
-
-def unpack(layout: Any, value: int) -> dict[str, int]:
-    """The fields of a struct ``layout`` in ``value``."""
-    return {name: (value >> f.offset) & ((1 << f.width) - 1) for name, f in layout}
 
 
 _REV2_KEYS = (
@@ -178,11 +171,7 @@ class TB:
         self._msi.ready = p
 
     async def cycle_reset(self) -> None:
-        self.dut.rst.value = 1
-        for _ in range(3):
-            await RisingEdge(self.dut.clk)
-        self.dut.rst.value = 0
-        await RisingEdge(self.dut.clk)
+        await cocotb_reset(self.dut)
         if self._task is None:
             self._task = cocotb.start_soon(self._ports())
 
