@@ -4,7 +4,7 @@
 
 One domain: our server, the simulated ivshmem-flat device running the ``echo``
 guest (``ivshmem-cosim``), a host process running ``ivhw.sw.echo.EchoResponder``,
-and two QEMU 7.2 VMs booting Debian's kernel (``ivhw.guest``). VM A runs
+and two QEMU 7.2 VMs booting Debian's kernel (``ivhw.sw.guest``). VM A runs
 ``ivshmem-echo --serve``; VM B runs ``ivshmem-echo`` with three ``--target``\\s:
 the simulated device, the host echo peer and VM A, ``--requests`` each, one
 after the other. Every round trip is measured by the guest program with the
@@ -51,9 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     count = 20 if args.quick else args.requests
 
     from ivhw.cosim.process import CosimProcess
-    from ivhw.guest.initramfs import build
-    from ivhw.guest.vm import LinuxVm
     from ivhw.sw import echo
+    from ivhw.sw.guest.initramfs import build
+    from ivhw.sw.guest.vm import LinuxVm
     from ivhw.sw.peer import Peer, PeerJoined
     from ivhw.sw.server import IvshmemServer
 

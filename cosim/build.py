@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from ..hdl.sim import VERILATOR_ARGS, build_once
-from ..hdl.sim import locked as _locked  # noqa: F401 (ivhw.guest.initramfs takes it from here)
 
 __all__ = [
     "DEVICES",

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from ivhw.guest.initramfs import Guest
-from ivhw.guest.vm import LinuxVm
+from ivhw.sw.guest.initramfs import Guest
+from ivhw.sw.guest.vm import LinuxVm
 from ivhw.sw.peer import Peer
 from ivhw.sw.qtest import QemuIvshmem
 from ivhw.sw.server import IvshmemServer

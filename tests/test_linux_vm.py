@@ -23,9 +23,9 @@ from test_cosim import SHM_SIZE, VECTORS, Target, check_echo, domain, start_devi
 
 from ivhw.cosim.build import build as build_device
 from ivhw.cosim.process import CosimProcess
-from ivhw.guest.initramfs import Guest, build, kernel_versions
-from ivhw.guest.vm import LinuxVm, VmError
 from ivhw.sw import echo
+from ivhw.sw.guest.initramfs import Guest, build, kernel_versions
+from ivhw.sw.guest.vm import LinuxVm, VmError
 from ivhw.sw.peer import Peer, PeerJoined, PeerLeft
 
 __all__ = ["domain"]  # fixtures used here
@@ -277,7 +277,7 @@ def test_qemu_failing_is_one_clear_error(domain: Domain, guest: Guest, tmp_path:
 
 
 def test_initramfs_cli(guest: Guest, capsys: pytest.CaptureFixture[str]) -> None:
-    from ivhw.guest.initramfs import main
+    from ivhw.sw.guest.initramfs import main
 
     assert main([]) == 0
     assert capsys.readouterr().out.split() == [
@@ -291,7 +291,7 @@ def test_initramfs_cli(guest: Guest, capsys: pytest.CaptureFixture[str]) -> None
     assert main(["--kernel-version", "0.0-none"]) == 1
     err = capsys.readouterr().err
     assert err == (
-        "ivhw.guest.initramfs: error: no kernel /boot/vmlinuz-0.0-none "
+        "ivhw.sw.guest.initramfs: error: no kernel /boot/vmlinuz-0.0-none "
         "(install Debian's linux-image-amd64: make setup)\n"
     )
 

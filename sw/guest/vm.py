@@ -1,7 +1,7 @@
 """Boot the Linux guest in QEMU 7.2 as a peer of an ivshmem server.
 
 :class:`LinuxVm` starts ``qemu-system-x86_64`` (q35, TCG) with Debian's kernel,
-the initramfs of :mod:`ivhw.guest.initramfs`, an emulated Intel IOMMU (VFIO
+the initramfs of :mod:`ivhw.sw.guest.initramfs`, an emulated Intel IOMMU (VFIO
 needs one: ``-device intel-iommu,intremap=on`` and ``intel_iommu=on``) and an
 unmodified ``ivshmem-doorbell`` on the server's socket. The guest's ``init``
 runs ``ivshmem-echo`` with ``guest_args`` and powers off when it exits. The
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from ..sw.qtest import doorbell_device_args, find_qemu
+from ..qtest import doorbell_device_args, find_qemu
 from .initramfs import Guest, build
 
 __all__ = ["KERNEL_ARGS", "GuestReply", "LinuxVm", "VmError"]
@@ -83,7 +83,7 @@ class LinuxVm:
     vectors:
         MSI-X vectors of the device (the server's ``-n``).
     guest:
-        Kernel and initramfs; built (or reused) by :func:`ivhw.guest.initramfs.build`.
+        Kernel and initramfs; built (or reused) by :func:`ivhw.sw.guest.initramfs.build`.
     timeout:
         Default seconds for :meth:`wait_line` and :meth:`wait`.
     slot:
