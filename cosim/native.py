@@ -365,19 +365,6 @@ class NativeBridge:
 
     # -- the guest's host side (ivhw.cosim.guest_api._Host) ------------------------------------
 
-    def bare_accesses(self, ops: list[tuple[int, int, int]], count: int) -> int:
-        """The same accesses with a transport that only answers; the cycles they took."""
-        flat = (ctypes.c_uint64 * (3 * len(ops)))(*[x for op in ops for x in op])
-        return int(self._lib.ivhw_bare_accesses(self._handle, flat, len(ops), count))
-
-    def bare_cycles(self, count: int) -> int:
-        """``count`` cycles with a transport that only answers (a firmware device's limit)."""
-        return int(self._lib.ivhw_bare_cycles(self._handle, count))
-
-    def run_cycles(self, count: int) -> int:
-        """``count`` cycles with the whole transport, whatever the device does meanwhile."""
-        return int(self._lib.ivhw_cycles(self._handle, count))
-
     @property
     def cycles(self) -> int:
         return self.engine.cycles
