@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
-__all__ = ["missing", "require_tool", "wait_for"]
+if TYPE_CHECKING:
+    from ivhw.sw.echo import EchoResponder
+
+__all__ = ["missing", "require_tool", "serve_in_thread", "wait_for"]
 
 
 def missing(what: str) -> NoReturn:
@@ -40,3 +44,15 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.005)
+
+
+def serve_in_thread(responder: EchoResponder, stop: threading.Event) -> threading.Thread:
+    """Run ``responder`` in a daemon thread until ``stop`` is set (then join the thread)."""
+
+    def run() -> None:
+        while not stop.is_set():
+            responder.run(until=time.monotonic() + 0.1)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from qemu_domain import Domain
-from support import require_tool
+from support import require_tool, serve_in_thread
 from test_cosim import SHM_SIZE, VECTORS, Target, domain, start_device
 from test_cosim_qemu import echo_qemu_and_host
 
@@ -71,18 +71,22 @@ def test_ping_firmware_measures_round_trips(
 ) -> None:
     _prebuild(sim, "ping", PING_OPTIONS)
     responder = echo.EchoResponder(domain.peer())
-    stop = time.monotonic() + 120
-    thread = threading.Thread(target=responder.run, args=(stop,), daemon=True)
-    thread.start()
-    device = start_device(
-        domain, tmp_path, Target(*sim, "soc"), firmware="ping", guest_args=PING_OPTIONS
-    )
-    deadline = time.monotonic() + 90
-    while "ping: done" not in device.output():
-        assert device.poll() is None, device.output()
-        assert time.monotonic() < deadline, device.output()
-        time.sleep(0.1)
-    assert device.stop() == 0, device.output()
+    stop = threading.Event()
+    thread = serve_in_thread(responder, stop)
+    try:
+        device = start_device(
+            domain, tmp_path, Target(*sim, "soc"), firmware="ping", guest_args=PING_OPTIONS
+        )
+        deadline = time.monotonic() + 90
+        while "ping: done" not in device.output():
+            assert device.poll() is None, device.output()
+            assert time.monotonic() < deadline, device.output()
+            time.sleep(0.1)
+        assert device.stop() == 0, device.output()
+    finally:
+        # stopped before the domain closes the responder's peer under it
+        stop.set()
+        thread.join()
     console = device.status()["stats"]["console"]
     pings = [m for m in map(_PING_LINE.fullmatch, console) if m]
     assert [int(m[1]) for m in pings] == list(range(1, PINGS + 1)), console
