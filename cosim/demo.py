@@ -148,8 +148,8 @@ def _relay_ping(stream: Any, verbose: bool) -> None:
 
 def _start_linux(sock: Path, target: int) -> Any:
     """Boot the Linux VM: it sends ``_MESSAGES`` to ``target`` and then serves requests."""
-    from ..guest.initramfs import build
-    from ..guest.vm import LinuxVm
+    from ..sw.guest.initramfs import build
+    from ..sw.guest.vm import LinuxVm
 
     try:
         guest = build()
