@@ -361,7 +361,6 @@ class IvshmemServer:
         except BaseException:
             self._close()
             raise
-        self._quit = False
         self._done.clear()
         self._listening = True
         log.info("listening on %s: %s", self.socket_path, self._summary())
@@ -387,8 +386,17 @@ class IvshmemServer:
         thread.start()
         return thread
 
+    def request_stop(self) -> None:
+        """Ask the loop to end and return at once; safe in a signal handler at any time.
+
+        A request made before or during ``start()`` is kept: ``serve_forever`` then
+        returns at once (closing everything) instead of serving.
+        """
+        self._quit = True
+        self._wake()
+
     def stop(self) -> None:
-        """End the loop (from any thread or a signal handler) and close all; idempotent."""
+        """End the loop (from any thread) and close all; idempotent."""
         self._quit = True
         loop = self._loop_thread
         if loop is not None:
@@ -866,6 +874,7 @@ class IvshmemServer:
             if self._listening:
                 log.info("server closed")
             self._listening = False
+        self._quit = False  # closed: a later start() serves again
 
     def _unlink_socket(self) -> None:
         """Remove our socket file, but not one another server has put there since."""
@@ -1214,6 +1223,15 @@ def run_cli(
         except OSError as e:
             sys.stderr.write(f"{prog}: cannot write pid file {pid_file}: {e.strerror}\n")
             return 1
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("%s: shutting down", signal.Signals(signum).name)
+        server.request_stop()
+
+    # installed before start(): a SIGTERM sent as soon as "listening" is logged is a
+    # clean shutdown, not a kill by the default action
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         server.start()
     except ServerError as e:
@@ -1229,13 +1247,6 @@ def run_cli(
         except OSError:
             server.stop()
             return 1
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("%s: shutting down", signal.Signals(signum).name)
-        server.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     try:
         server.serve_forever()
     finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import mmap
 import os
 import select
+import threading
 from pathlib import Path
 
 import pytest
@@ -185,6 +186,28 @@ def test_context_manager_without_a_loop(tmp_path: Path) -> None:
         assert server.shm_fd >= 0
     assert not path.exists()
     assert server.shm_fd == -1
+
+
+def test_a_stop_requested_before_start_is_kept(tmp_path: Path) -> None:
+    """A signal handler's request that lands during start-up ends the server cleanly."""
+    path = tmp_path / "early.sock"
+    server = IvshmemServer(path)
+    server.request_stop()
+    early = threading.Thread(target=server.serve_forever, daemon=True)
+    early.start()
+    early.join(10)
+    if early.is_alive():
+        server.stop()
+        pytest.fail("start() forgot the stop request: the server kept serving")
+    assert not path.exists()
+    assert server.shm_fd == -1
+    # and a later run serves again until asked to stop
+    thread = server.serve_in_background()
+    assert path.exists()
+    server.request_stop()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert not path.exists()
 
 
 @pytest.mark.parametrize(
