@@ -24,7 +24,7 @@ from typing import Any
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
+from cocotb.triggers import FallingEdge, RisingEdge
 from cocotbext.axi import AxiLiteBus, AxiLiteMaster, AxiResp
 from domain_env import (
     SCENARIOS,
@@ -37,6 +37,7 @@ from domain_env import (
 )
 from wishbone_master import WishboneMaster
 
+from ivhw.hdl.testing import cocotb_reset, cocotb_step
 from ivhw.sw.models.domain import Domain
 from ivhw.sw.regmap import DOORBELL, FLAT_REGS
 
@@ -58,34 +59,9 @@ class TB:
                 getattr(dut, name).value = 0
         Clock(dut.clk, 10, unit="ns").start()
 
-    async def cycle_reset(self) -> None:
-        self.dut.rst.value = 1
-        for _ in range(3):
-            await RisingEdge(self.dut.clk)
-        self.dut.rst.value = 0
-        await RisingEdge(self.dut.clk)
-
     async def run_env(self, env: DomainEnv, limit: int = 20_000) -> int:
         """Run ``env`` on the raw domain: drive at the falling edge, sample settled values."""
-        dut = self.dut
-        handles = {name: getattr(dut, name) for name in env.outputs}
-        inputs: dict[str, Any] = {}
-
-        async def step(values: dict[str, int]) -> dict[str, int]:
-            await FallingEdge(dut.clk)
-            for key, value in values.items():
-                if key not in inputs:
-                    inputs[key] = getattr(dut, key)
-                inputs[key].value = value
-            await ReadOnly()
-            return {key: _int(handle.value) for key, handle in handles.items()}
-
-        return await run(env, step, limit)
-
-
-def _int(value: Any) -> int:
-    """A sampled value; -1 if it has X or Z bits (an empty FIFO's data), which no check accepts."""
-    return int(value) if value.is_resolvable else -1
+        return await run(env, cocotb_step(self.dut, env.outputs), limit)
 
 
 def _is_input(name: str) -> bool:
@@ -104,7 +80,7 @@ async def _scenario(dut: Any, name: str, env_params: dict[str, Any] | None = Non
     seed = _seed()
     env_params = {"prefix": "raw__", **(env_params or {})}
     tb = TB(dut, seed, env_params["prefix"])
-    await tb.cycle_reset()
+    await cocotb_reset(tb.dut)
     env = DomainEnv(tb.rng, **env_params)
     check = SCENARIOS[name](env, **params)
     cycles = await tb.run_env(env)
@@ -265,7 +241,7 @@ class Tiles:
 
 async def _tiles(dut: Any, seed: int | None = None) -> Tiles:
     tb = TB(dut, seed)
-    await tb.cycle_reset()
+    await cocotb_reset(tb.dut)
     return Tiles(tb)
 
 
