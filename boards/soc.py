@@ -7,7 +7,9 @@ are the tile's own, so a tile joins an on-chip domain on a board or, in
 co-simulation, a real ivshmem server, without any change.
 
 The CPU's Wishbone classic bus (word addresses, no ``err``) reaches the slaves
-through a decoder on address bits 31:28 (:mod:`ivhw.boards.memmap`); the flat
+through a decoder on address bits 31:28 (:mod:`ivhw.boards.memmap`) whose select is
+registered, so the decode is not on the CPU's load path (RAM, UART and SYS answer
+as fast as before, the flat device with one wait state: docs/soc.md); the flat
 device's ``err`` (an access to the gap between its two windows) is acknowledged
 like ``ack`` so the CPU never hangs, and reads 0. The flat device's IRQ pulse sets
 the SYS interrupt latch, whose output is the CPU's level-sensitive ``irq``.
@@ -15,7 +17,10 @@ the SYS interrupt latch, whose output is the CPU's level-sensitive ``irq``.
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal
+from functools import reduce
+from operator import or_
+
+from amaranth.hdl import Cat, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -141,29 +146,43 @@ events_dropped
 
         bus = cpu.bus
         region = bus.adr[26:30]
-        slaves = {RAM.index: ram.wb, UART.index: uart.wb, SYS.index: sys.wb, FLAT.index: flat.wb}
-        ack = Signal()
-        dat_r = Signal(32)
-        for index, wb in slaves.items():
-            hit = region == index
+        slaves = {RAM: ram.wb, UART: uart.wb, SYS: sys.wb, FLAT: flat.wb}
+        acks, reads = [], []
+        for reg_map, wb in slaves.items():
+            hit = region == reg_map.index
+            # `selected`: the slave that answers, registered so that the decoder stays off
+            # the acknowledge and read-data paths into the CPU (see docs/soc.md, "Bus").
+            selected = Signal(name=f"selected_{reg_map.name.lower()}")
+            if reg_map is FLAT:
+                # The Wishbone front-end gates its ack/err with its strobe, so the strobe
+                # itself is registered: one wait state on the device's accesses.
+                request = bus.cyc & bus.stb & hit & ~wb.ack & ~wb.err
+                m.d.sync += selected.eq(request)
+                strobe = selected
+            else:
+                # RAM, UART and SYS acknowledge a cycle after their strobe at the earliest
+                # and the CPU holds the address until then: the address's own select of a
+                # cycle ago is the one that answers, at no cost in cycles.
+                m.d.sync += selected.eq(hit)
+                strobe = hit
             m.d.comb += [
-                wb.cyc.eq(bus.cyc & hit),
-                wb.stb.eq(bus.stb & hit),
+                wb.cyc.eq(bus.cyc & strobe),
+                wb.stb.eq(bus.stb & strobe),
                 wb.we.eq(bus.we),
                 wb.adr.eq(bus.adr[: len(wb.adr)]),
                 wb.dat_w.eq(bus.dat_w),
                 wb.sel.eq(bus.sel),
             ]
-            with m.If(hit):
-                m.d.comb += ack.eq(wb.ack | wb.err)
-                m.d.comb += dat_r.eq(wb.dat_r & (~wb.err).replicate(32))
+            # one-hot selects: an AND-OR multiplexer, no priority chain
+            acks.append(selected & (wb.ack | wb.err))
+            reads.append((selected & ~wb.err).replicate(32) & wb.dat_r)
         # nothing mapped: acknowledged, reads 0
         unmapped = Signal()
         hit_none = bus.cyc & bus.stb
-        for index in slaves:
-            hit_none &= region != index
+        for reg_map in slaves:
+            hit_none &= region != reg_map.index
         m.d.sync += unmapped.eq(hit_none & ~unmapped)
-        m.d.comb += [bus.ack.eq(ack | unmapped), bus.dat_r.eq(dat_r)]
+        m.d.comb += [bus.ack.eq(Cat(*acks, unmapped).any()), bus.dat_r.eq(reduce(or_, reads))]
         return m
 
 
