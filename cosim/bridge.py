@@ -38,6 +38,7 @@ outcome and the bridge's latency statistics go to the JSON file named by
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import select
 import signal
@@ -52,7 +53,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import Event as SimEvent
 from cocotb.triggers import RisingEdge
 
-from ..sw.peer import Doorbell, Peer, ServerGone
+from ..sw.peer import Doorbell, Peer, PeerLeft, ServerGone
 from ..sw.regmap import DOORBELL, MAX_VECTORS
 from .guest_api import BusError, Guest, GuestFunction
 from .pci import TransactionError, TransactionPort, enumerate_endpoint, msi_vector
@@ -64,9 +65,11 @@ from .session import (
     announce,
     announce_membership,
     announce_pci,
+    device_memory,
     guest_windows,
     join,
     load_guest,
+    sections_of,
     server_gone,
     write_status,
 )
@@ -299,7 +302,7 @@ class Bridge:
         """Join, reset the device, run transport and guest; return (status, message)."""
         guest_function: GuestFunction | None
         try:
-            guest_function = load_guest(self.config.guest)
+            guest_function = load_guest(self.config.guest, self.config.revision)
         except ValueError as error:
             return STATUS_FAILED, str(error)
         try:
@@ -338,15 +341,22 @@ class Bridge:
             finished.set()
 
         transport = cocotb.start_soon(track(self._transport()))
-        regs, regs_base, shm_base = guest_windows(self.config.shm_size)
+        config = self.config
+        regs, regs_base, shm_base, memory_map = guest_windows(config.shm_size)
+        sections = (
+            None if config.revision2 is None else sections_of(config.shm_size, config.revision2)
+        )
         if pci:
             try:
-                layout = await enumerate_endpoint(bus)  # type: ignore[arg-type]
+                layout = await enumerate_endpoint(bus, config.revision2, sections)  # type: ignore[arg-type]
             except TransactionError as error:
                 transport.cancel()
+                self._close_memory()
                 peer.close()
                 return STATUS_FAILED, f"PCI enumeration failed: {error}"
-            regs, regs_base, shm_base = guest_windows(self.config.shm_size, layout)
+            regs, regs_base, shm_base, memory_map = guest_windows(
+                config.shm_size, layout, config.revision2
+            )
             announce_pci(layout)
         guest_task = None
         if guest_function is not None:
@@ -358,6 +368,8 @@ class Bridge:
                 shm_size=self.config.shm_size,
                 host=self,
                 args=self.config.guest_args,
+                memory_map=memory_map,
+                sections=sections,
             )
             guest_task = cocotb.start_soon(track(self._run_guest(guest, guest_function)))
         try:
@@ -372,8 +384,17 @@ class Bridge:
                 status, message = outcome
                 break
         self._close_waiter()
+        self._close_memory()
         peer.close()
         return status, message
+
+    def _close_memory(self) -> None:
+        view, mapping = getattr(self, "_device_memory", (None, None))
+        if mapping is not None:
+            with contextlib.suppress(BufferError):
+                view.release()
+                mapping.close()
+        self._device_memory = (None, None)
 
     async def _console(self) -> None:
         """Print the soc tile's UART output as ``[soc]`` lines (decoded by cocotbext-uart)."""
@@ -448,6 +469,9 @@ class Bridge:
                     self._irq_mark = (self._wake_time, self.cycles)
             else:
                 announce_membership(event)
+                if isinstance(event, PeerLeft) and self.config.revision2 is not None:
+                    # revision 2: a peer leaving is an event on own vector 0
+                    self._take([Doorbell(0, 1)])
 
     def _open_waiter(self) -> None:
         """One epoll over the own eventfds, the peer's fd and the CLI's stop FIFO (if any).
@@ -539,7 +563,12 @@ class Bridge:
         self._mem_we, self._mem_wdata = _bit(dut.mem__we), _word(dut.mem__w_data)
         self._mem_sel = _word(dut.mem__sel)
         self._mem_rdata, self._mem_rvalid = dut.mem__r_data, dut.mem__r_valid
-        if self.config.device == "pci":
+        if self.config.revision2 is not None and self.config.revision2.interrupts == "intx":
+            self._irq = _bit(dut.intx)  # one pulse per interrupt
+            self._msi_payload = None
+            self._msi_stall = 0
+            dut.msi__ready.value = 1
+        elif self.config.device == "pci":
             # an MSI-X write on the msi port is the CPU's interrupt (msi.ready stays high
             # unless the stall test hook is on)
             self._msi_ready = dut.msi__ready
@@ -692,8 +721,9 @@ class Bridge:
             self._irq_event.set()  # the guest's wait timed out
 
     async def _transport_loop(self) -> None:
-        assert self.peer is not None and self.peer.memory is not None
-        self._memory = self.peer.memory
+        assert self.peer is not None
+        self._device_memory = device_memory(self.peer)
+        self._memory = self._device_memory[0]
         self._ev_valid_high = False
         stats = self.stats
         while True:

@@ -34,6 +34,7 @@ __all__ = [
     "SIMULATORS",
     "Build",
     "DeviceKind",
+    "Revision2",
     "build",
     "build_root",
     "check_choice",
@@ -76,11 +77,37 @@ def _flat_top(vectors: int, shm_size: int) -> object:
     return AXI4LiteFrontEnd(IvshmemFlat(vectors=vectors, shm_size=shm_size))
 
 
-def _pci_top(vectors: int, shm_size: int) -> object:
+@dataclass(frozen=True)
+class Revision2:
+    """The revision 2 PCI endpoint's parameters: the layout and interrupt mode chosen, the
+    rest from the server's INIT (``max_peers``, output section size, protocol)."""
+
+    layout: str = "final"
+    interrupts: str = "msix"
+    max_peers: int = 2
+    output_section_size: int = 0
+    protocol: int = 0
+
+    @property
+    def tag(self) -> str:
+        """The part of the build key these parameters make."""
+        return (
+            f"-r2{self.layout}-{self.interrupts}-n{self.max_peers}-o{self.output_section_size}"
+            f"-p{self.protocol:x}"
+        )
+
+
+def _pci_top(vectors: int, shm_size: int, revision2: Revision2 | None = None) -> object:
     from ..hdl.pci import IvshmemPci
 
-    # the doorbell variant with MSI-X, as QEMU 7.2's ivshmem-doorbell
-    return IvshmemPci(vectors=vectors, shm_size=shm_size)
+    if revision2 is None:
+        # the doorbell variant with MSI-X, as QEMU 7.2's ivshmem-doorbell
+        return IvshmemPci(vectors=vectors, shm_size=shm_size)
+    return IvshmemPci(
+        revision=2, layout=revision2.layout, interrupts=revision2.interrupts,  # type: ignore[arg-type]
+        vectors=vectors, shm_size=shm_size, max_peers=revision2.max_peers,
+        output_section_size=revision2.output_section_size, protocol=revision2.protocol,
+    )  # fmt: skip
 
 
 #: The SoC tile's clock in co-simulation: the bridge's 10 ns clock.
@@ -160,6 +187,8 @@ class Build:
     verilog: Path
     #: ``cocotb`` (cocotb's runner runs it) or ``native`` (a shared library of the engine)
     engine: str = "cocotb"
+    #: the revision 2 PCI endpoint's parameters (``None``: revision 1 or another device)
+    revision2: Revision2 | None = None
 
     @property
     def library(self) -> Path:
@@ -194,7 +223,8 @@ def _sources_hash(engine: str) -> str:
     for path in sorted([*_HDL_DIR.rglob("*.py"), *(root / "boards").glob("*.py")]):
         digest.update(path.relative_to(root).as_posix().encode())
         digest.update(path.read_bytes())
-    for shared in ("regmap.py", "pcicfg.py"):  # definitions the gateware is built from
+    # definitions the gateware is built from
+    for shared in ("regmap.py", "pcicfg.py", "sections.py", "memmap.py"):
         digest.update((_HDL_DIR.parent / "sw" / shared).read_bytes())
     if engine == "native":
         digest.update(_ENGINE_SOURCE.read_bytes())
@@ -212,7 +242,9 @@ def runner_for(sim: str) -> object:
     return get_runner(sim)
 
 
-def device_header(bus: str, uart_cycles_per_bit: int = 0, sleeping: bool = False) -> str:
+def device_header(
+    bus: str, uart_cycles_per_bit: int = 0, sleeping: bool = False, intx: bool = False
+) -> str:
     """``ivhw_device.h`` of the native engine: the device's bus and every field position.
 
     The positions come from the one definition of each word: the doorbell register
@@ -247,15 +279,19 @@ def device_header(bus: str, uart_cycles_per_bit: int = 0, sleeping: bool = False
         lines.append(f"#define IVHW_UART_CYCLES_PER_BIT {uart_cycles_per_bit}")
     if sleeping:
         lines.append("#define IVHW_HAS_SLEEPING 1")
+    if intx:  # a PCI function whose interrupt is its INTx pulse, not an MSI-X message
+        lines.append("#define IVHW_IRQ_INTX 1")
     return "\n".join(lines) + "\n"
 
 
-def _native_compiler(kind: DeviceKind, waves: bool) -> Callable[[Path, Path, Any], None]:
+def _native_compiler(
+    kind: DeviceKind, waves: bool, intx: bool = False
+) -> Callable[[Path, Path, Any], None]:
     """Verilate the device with the engine into ``libivhw_engine.so`` (position-independent)."""
 
     def compile(scratch: Path, source: Path, log: Any) -> None:
         verilator = os.path.abspath(shutil.which("verilator") or "verilator")
-        header = device_header(kind.bus, kind.uart_cycles_per_bit, kind.sleeping)
+        header = device_header(kind.bus, kind.uart_cycles_per_bit, kind.sleeping, intx)
         (scratch / "ivhw_device.h").write_text(header)
         shutil.copy(_ENGINE_SOURCE, scratch / "engine.cpp")
         command = [
@@ -291,9 +327,12 @@ def _key(
     waves: bool,
     engine: str,
     firmware: bytes | None = None,
+    revision2: Revision2 | None = None,
 ) -> str:
     prefix = "native" if engine == "native" else sim
     tag = "" if firmware is None else "-fw" + hashlib.sha256(firmware).hexdigest()[:12]
+    if revision2 is not None:
+        tag += revision2.tag
     return (
         f"{device}-{prefix}-v{vectors}-s{shm_size}{tag}{'-waves' if waves else ''}-"
         f"{_sources_hash(engine)}"
@@ -310,10 +349,11 @@ def is_built(
     root: Path | None = None,
     engine: str = "cocotb",
     firmware: bytes | None = None,
+    revision2: Revision2 | None = None,
 ) -> bool:
     """Whether :func:`build` with these parameters would reuse a finished build."""
     root = build_root() if root is None else root
-    key = _key(device, sim, vectors, shm_size, waves, engine, firmware)
+    key = _key(device, sim, vectors, shm_size, waves, engine, firmware, revision2)
     return (root / key / ".built").exists()
 
 
@@ -327,19 +367,25 @@ def build(
     root: Path | None = None,
     engine: str = "cocotb",
     firmware: bytes | None = None,
+    revision2: Revision2 | None = None,
 ) -> Build:
     """Build (or reuse) ``device`` for ``sim``; raises ``ValueError`` on bad parameters.
 
-    ``firmware`` is the RAM image of the ``soc`` device (required for it, else unused).
+    ``firmware`` is the RAM image of the ``soc`` device (required for it, else unused);
+    ``revision2`` makes the ``pci`` device the revision 2 endpoint.
     """
     check_choice(device, sim, engine)
     kind = DEVICES[device]
-    extra: tuple[bytes, ...] = ()
+    extra: tuple[object, ...] = ()
     if device == "soc":
         if firmware is None:
             raise ValueError("the soc device needs a firmware image")
         extra = (firmware,)
-    key = _key(device, sim, vectors, shm_size, waves, engine, firmware)
+    if revision2 is not None:
+        if device != "pci":
+            raise ValueError(f"revision 2 is a PCI function; the {device} device has none")
+        extra = (revision2,)
+    key = _key(device, sim, vectors, shm_size, waves, engine, firmware, revision2)
     build_dir = (build_root() if root is None else root) / key
     # the parameters are checked before anything is built (ValueError/TypeError)
     top = None if (build_dir / ".built").exists() else kind.make(vectors, shm_size, *extra)
@@ -351,9 +397,12 @@ def build(
 
     build_once(
         convert, simulator=sim, toplevel=kind.toplevel, build_dir=build_dir, waves=waves,
-        compile=_native_compiler(kind, waves) if engine == "native" else None,
+        compile=(
+            _native_compiler(kind, waves, revision2 is not None and revision2.interrupts == "intx")
+            if engine == "native" else None
+        ),
     )  # fmt: skip
     return Build(
         device, sim, vectors, shm_size, waves, build_dir, kind.toplevel,
-        build_dir / f"{kind.toplevel}.v", engine,
+        build_dir / f"{kind.toplevel}.v", engine, revision2,
     )  # fmt: skip

@@ -1,4 +1,4 @@
-"""Built-in guests of ``ivshmem-cosim``: ``echo`` and ``ping``.
+"""Built-in guests of ``ivshmem-cosim``: ``echo`` and ``ping``; ``echo2`` on revision 2.
 
 ``echo`` is the echo protocol (docs/echo-protocol.md) run by the simulated
 CPU, behaving exactly like :class:`ivhw.sw.echo.EchoResponder`: on every
@@ -11,6 +11,13 @@ distribution. Options (``--guest-arg KEY=VALUE``): ``target`` (peer ID;
 default the lowest other peer), ``count`` (default 10), ``size`` (payload
 bytes, default 16), ``timeout`` (seconds per request, default 5), ``wait``
 (seconds to wait for a target to join, default 10).
+
+``echo2`` is the revision 2 echo protocol (docs/echo2-protocol.md) run by the
+simulated CPU of the revision 2 endpoint, exactly as
+:class:`ivhw.sw.echo2.Echo2Responder` does in software: READY through the State
+register, then on every interrupt every pending request of a READY peer, in
+ascending peer order, read from the requester's output section and answered in
+its own, each through the device's BAR2 window and Doorbell register.
 """
 
 from __future__ import annotations
@@ -18,10 +25,11 @@ from __future__ import annotations
 import statistics
 import struct
 
+from ..sw import echo2 as protocol2
 from ..sw.echo import MAX_PAYLOAD, MAX_PEERS, SLOT_SIZE, inbox, invert, outbox
 from .guest_api import Guest, GuestFunction
 
-__all__ = ["BUILTINS", "echo", "ping", "serve_pending"]
+__all__ = ["BUILTINS", "REVISIONS", "echo", "echo2", "ping", "serve_pending", "serve_pending2"]
 
 _LENGTH = 4
 _PAYLOAD = 8
@@ -143,5 +151,50 @@ async def ping(g: Guest) -> None:
         raise AssertionError(f"{lost} of {count} echo requests got no reply")
 
 
+async def serve_pending2(g: Guest) -> int:
+    """Answer every pending revision 2 echo request to this device; return how many."""
+    sections = g.sections
+    me = protocol2.slot(g.id)
+    output = g.output
+    answered = 0
+    for requester in range(sections.max_peers):
+        if requester == g.id or await g.state_of(requester) != protocol2.READY:
+            continue
+        request = g.output_of(requester)
+        seq = await request.read32(me + protocol2.SEQ)
+        reply = protocol2.slot(requester)
+        if seq == 0 or seq == await output.read32(reply + protocol2.SEQ):
+            continue
+        length = min(await request.read32(me + protocol2.LENGTH), MAX_PAYLOAD)
+        payload = await request.read(me + protocol2.PAYLOAD, length)
+        await output.write(reply + protocol2.PAYLOAD, invert(payload))
+        await output.write32(reply + protocol2.LENGTH, length)
+        await output.write32(reply + protocol2.SEQ, seq)  # publishes the reply
+        # the device drops a doorbell to a peer that left (and counts it)
+        await g.ring(requester, 0)
+        answered += 1
+    return answered
+
+
+async def echo2(g: Guest) -> None:
+    """The revision 2 echo device: READY, then serve pending requests on every interrupt."""
+    sections = g.sections
+    slots = protocol2.max_peers_for(sections.output_section_size)
+    if slots < sections.max_peers:
+        raise ValueError(
+            f"output sections of {sections.output_section_size} bytes hold {slots} echo "
+            f"slots, not {sections.max_peers}: give the server -o "
+            f"{SLOT_SIZE * sections.max_peers} or more"
+        )
+    await g.set_state(protocol2.READY)
+    g.log(f"echo2 device up as peer {g.id} (state READY); serving revision 2 echo requests")
+    await serve_pending2(g)  # requests made before we listened
+    while True:
+        await g.wait_irq()
+        await serve_pending2(g)
+
+
 #: Guests ``--guest NAME`` knows.
-BUILTINS: dict[str, GuestFunction] = {"echo": echo, "ping": ping}
+BUILTINS: dict[str, GuestFunction] = {"echo": echo, "ping": ping, "echo2": echo2}
+#: The device revision (and so echo protocol) each built-in speaks.
+REVISIONS = {"echo": 1, "ping": 1, "echo2": 2}

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -41,10 +42,14 @@ import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..sw.regmap import MAX_VECTORS
 from ..sw.size import size_type
 from . import build as builds
+
+if TYPE_CHECKING:
+    from ..sw.peer import Handshake
 
 __all__ = ["main"]
 
@@ -107,7 +112,24 @@ def _parser() -> argparse.ArgumentParser:
         help="native (clock and transport in C++, Verilator only; the default there) or "
         "cocotb (Python per cycle; the default on Icarus)",
     )  # fmt: skip
-    parser.add_argument("--vectors", type=_vectors, default=1, help="own vectors (default 1)")
+    parser.add_argument(
+        "--vectors", type=_vectors, default=None,
+        help="own vectors (default 1; revision 2: the server's, or at most that many)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--revision", type=int, choices=(1, 2), default=1,
+        help="--device pci: revision 1 (ivshmem-doorbell, an ivshmem-server; the default) or "
+        "2 (an ivshmem2-server)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--layout", choices=("final", "rfc"), default=None,
+        help="--revision 2: register layout (final: Jailhouse/Zephyr/Linux, the default; "
+        "rfc: the 2019 QEMU RFC)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--interrupts", choices=("msix", "intx"), default=None,
+        help="--revision 2: MSI-X (default) or INTx",
+    )  # fmt: skip
     parser.add_argument(
         "--shm-size", type=_SHM_SIZE, default=None,
         help="require this shared-memory size of the server: 4096, 0x1000, 64K, 4M "
@@ -162,15 +184,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                   file=sys.stderr)  # fmt: skip
             return 2
         args.guest = "none"
-    elif args.guest is None:
-        args.guest = "echo"
+    problem = _revision_problem(args)
+    if problem:
+        print(f"{prog}: error: {problem}", file=sys.stderr)
+        return 2
+    if args.guest is None:
+        args.guest = "echo" if args.revision == 1 else "echo2"
     try:
         from .session import load_guest
 
-        load_guest(args.guest)
+        load_guest(args.guest, args.revision)
     except ValueError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
+    args.revision2 = None  # revision 2: its parameters, once the server told them
     engine = args.engine or builds.default_engine(args.sim)
     try:
         builds.check_choice(args.device, args.sim, engine)
@@ -200,19 +227,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return builds.is_built(
             args.device,
             args.sim,
-            vectors=args.vectors,
+            vectors=args.vectors or 1,
             shm_size=size,
             waves=args.waves is not None,
             root=args.build_dir,
             engine=engine,
             firmware=firmware(size),
+            revision2=args.revision2,
         )
 
     server: socket.socket | None = None
     try:
         size = args.shm_size
-        if size is None or cached(size):
-            joined = _connect(prog, args.socket, size)
+        # revision 2: the device's parameters are the server's (INIT), so look first
+        if size is None or args.revision == 2 or cached(size):
+            joined = _connect(prog, args, size)
             if joined is None:
                 return STATUS_JOIN_FAILED  # like a refused connection, the reason printed
             server, size = joined
@@ -228,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             server.close()
         return built
     if server is None:
-        joined = _connect(prog, args.socket, size, given=args.shm_size is not None)
+        joined = _connect(prog, args, size, given=args.shm_size is not None)
         if joined is None:
             return STATUS_JOIN_FAILED
         server = joined[0]
@@ -236,39 +265,82 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(prog, args, engine, built, server)
 
 
+def _revision_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the revision options (one line), or ``None``."""
+    if args.revision == 2:
+        if args.device != "pci":
+            return f"--revision 2 is a PCI function: use --device pci, not {args.device}"
+        args.layout = args.layout or "final"
+        args.interrupts = args.interrupts or "msix"
+        return None
+    for option in ("layout", "interrupts"):
+        if getattr(args, option) is not None:
+            return f"--{option} is an option of the revision 2 device: add --revision 2"
+    return None
+
+
 def _connect(
-    prog: str, path: str, wanted: int | None, *, given: bool = True
+    prog: str, args: argparse.Namespace, wanted: int | None, *, given: bool = True
 ) -> tuple[socket.socket, int] | None:
     """A connection to the server and its shm size, or ``None`` after a one-line error.
 
     ``wanted``: the size the server must have, from ``--shm-size`` (``given``) or
-    the size just built for after an earlier look at the server.
+    the size just built for after an earlier look at the server. Revision 2: the
+    device's parameters (``args.revision2``, ``args.vectors``) come from the server's
+    INIT the first time, and must be the same on a later look.
     """
-    from ..sw.peer import ProtocolError, peek_shm_size
+    from ..sw.peer import ProtocolError, peek_handshake
     from ..sw.size import format_size
 
+    path = args.socket
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(10.0)
         sock.connect(path)
-        size = peek_shm_size(sock, timeout=10.0)
+        handshake = peek_handshake(sock, timeout=10.0, revision=args.revision)
     except (OSError, TimeoutError, ProtocolError) as error:
         sock.close()
         reason = error.strerror if isinstance(error, OSError) and error.strerror else error
         print(f"{prog}: error: cannot join the ivshmem server at {path}: {reason}",
               file=sys.stderr)  # fmt: skip
         return None
+    size = handshake.shm_size
+    problem = None
     if wanted is not None and size != wanted:
-        sock.close()
         have, want = format_size(size), format_size(wanted)
         if given:
             why = f"not --shm-size {want}; leave --shm-size out to take the server's"
         else:
             why = f"no longer {want} (restarted while the device was built?); run again"
-        print(f"{prog}: error: the server at {path} has {have} of shared memory, {why}",
-              file=sys.stderr)  # fmt: skip
+        problem = f"the server at {path} has {have} of shared memory, {why}"
+    elif handshake.revision == 2:
+        problem = _take_revision2(args, handshake)
+    if problem is not None:
+        sock.close()
+        print(f"{prog}: error: {problem}", file=sys.stderr)
         return None
     return sock, size
+
+
+def _take_revision2(args: argparse.Namespace, handshake: Handshake) -> str | None:
+    """The revision 2 device's parameters from INIT into ``args``; a one-line problem."""
+    if handshake.vectors < (args.vectors or 0):
+        return (
+            f"the server at {args.socket} gives every peer {handshake.vectors} vectors, "
+            f"fewer than --vectors {args.vectors}"
+        )
+    revision2 = builds.Revision2(
+        args.layout, args.interrupts, handshake.max_peers, handshake.output_section_size,
+        handshake.protocol,
+    )  # fmt: skip
+    if args.revision2 is not None and revision2 != args.revision2:
+        return (
+            f"the server at {args.socket} changed its revision 2 parameters while the device "
+            "was built (restarted?); run again"
+        )
+    args.revision2 = revision2
+    args.vectors = args.vectors or handshake.vectors
+    return None
 
 
 class _Handoff:
@@ -310,12 +382,13 @@ def _build(
         return builds.build(
             args.device,
             args.sim,
-            vectors=args.vectors,
+            vectors=args.vectors or 1,
             shm_size=shm_size,
             waves=args.waves is not None,
             root=args.build_dir,
             engine=engine,
             firmware=firmware,
+            revision2=args.revision2,
         )
     except (TypeError, ValueError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
@@ -334,7 +407,10 @@ def _run(
         env = {
             "IVHW_COSIM_SOCKET": os.path.abspath(args.socket),
             "IVHW_COSIM_DEVICE": args.device,
-            "IVHW_COSIM_VECTORS": str(args.vectors),
+            "IVHW_COSIM_VECTORS": str(built.vectors),
+            "IVHW_COSIM_REVISION2": (
+                "" if built.revision2 is None else json.dumps(dataclasses.asdict(built.revision2))
+            ),
             "IVHW_COSIM_SHM_SIZE": str(built.shm_size),
             "IVHW_COSIM_GUEST": args.guest,
             "IVHW_COSIM_GUEST_ARGS": json.dumps(dict(args.guest_arg)),

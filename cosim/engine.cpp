@@ -359,8 +359,12 @@ struct Engine {
         s_rresp = t->PORT(axil, rresp);
         s_rdata = t->PORT(axil, rdata);
 #elif defined(IVHW_BUS_PCI)
+#if defined(IVHW_IRQ_INTX)
+        bool irq = t->intx;  // a revision 2 function's INTx: one pulse per interrupt
+#else
         bool irq = t->PORT(msi, valid);
         uint32_t msi_data = uint32_t(wide_get(t->PORT(msi, payload), IVHW_MSI_DATA_LSB, 32));
+#endif
         s_req_ready = t->PORT(req, ready);
         s_cpl_valid = t->PORT(cpl, valid);
         s_cpl = t->PORT(cpl, payload);
@@ -430,7 +434,7 @@ struct Engine {
         if (irq) {
             active = true;
             if (!msi_stall || msi_taken()) {
-#if defined(IVHW_BUS_PCI)
+#if defined(IVHW_BUS_PCI) && !defined(IVHW_IRQ_INTX)
                 uint32_t vector = msi_data - IVHW_MSI_DATA_BASE;
                 if (vector < uint32_t(MAX_VECTORS)) stats->msix[vector]++;
 #endif

@@ -21,9 +21,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from ..sw.memmap import MemoryMap
 from ..sw.regmap import DOORBELL, RegisterMap
+from ..sw.sections import Layout
 
-__all__ = ["BusError", "Guest", "GuestFunction", "RegisterBus"]
+__all__ = ["BusError", "Guest", "GuestFunction", "RegisterBus", "SharedWindow"]
 
 
 class BusError(Exception):
@@ -66,11 +68,19 @@ class Guest:
         The bridge (interrupts and the peer list).
     args : dict[str, str]
         ``--guest-arg KEY=VALUE`` options of ``ivshmem-cosim``.
+    memory_map : MemoryMap, optional
+        Revision 2: the placed map of the endpoint; its BAR2 windows (``state_table``,
+        ``rw``, ``outputs``) become the guest's section windows.
+    sections : Layout, optional
+        Revision 2: the shared-memory layout (which output section is whose).
 
     Attributes
     ----------
     id : int
-        Own peer ID, read from the device's IVPosition register by :meth:`start`.
+        Own peer ID, read from the device's IVPosition register (revision 2: ID) by
+        :meth:`start`.
+    revision : int
+        1, or 2 for the revision 2 endpoint (state and sections).
     """
 
     def __init__(
@@ -83,6 +93,8 @@ class Guest:
         shm_size: int,
         host: _Host,
         args: dict[str, str] | None = None,
+        memory_map: MemoryMap | None = None,
+        sections: Layout | None = None,
     ) -> None:
         self._bus = bus
         self._regs = regs
@@ -96,10 +108,24 @@ class Guest:
         self._by_name = {r.name.lower(): r for r in regs}
         self._doorbell = "doorbell"
         self._ivposition = "ivposition"
+        self.revision = 1 if sections is None else 2
+        self._sections = sections
+        self._windows: dict[str, SharedWindow] = {}
+        if sections is not None:
+            assert memory_map is not None
+            self._ivposition = "id"
+            for name in ("state_table", "rw", "outputs"):
+                if name in memory_map:
+                    window = memory_map[name]
+                    self._windows[name] = SharedWindow(
+                        self, name, window.base - shm_base, window.size
+                    )
 
     async def start(self) -> None:
         """Read the own peer ID from the device (called by the bridge before the guest runs)."""
         self.id = await self.read(self._ivposition)
+        if self._sections is not None and self._sections.output_section_size:
+            self._windows["output"] = self.output_of(self.id, "output")
 
     # -- registers -------------------------------------------------------------------------
 
@@ -163,6 +189,85 @@ class Guest:
             await self.shm_write32(word_base, value, strb)
             position += count
 
+    # -- revision 2: state and sections --------------------------------------------------------
+
+    def _rev2(self) -> Layout:
+        if self._sections is None:
+            raise ValueError("states and sections exist on the revision 2 device only")
+        return self._sections
+
+    @property
+    def sections(self) -> Layout:
+        """Revision 2: the shared-memory layout (``ValueError`` on revision 1)."""
+        return self._rev2()
+
+    async def state(self) -> int:
+        """The own state: a read of the State register."""
+        self._rev2()
+        return await self.read("State")
+
+    async def set_state(self, value: int) -> None:
+        """Write the State register: the device stores it in the own State Table entry and,
+        if it changed, rings vector 0 of every other peer."""
+        self._rev2()
+        await self.write("State", value)
+
+    async def state_of(self, peer: int) -> int:
+        """``peer``'s State Table entry, read through the device's BAR2."""
+        offset = self._rev2().state_offset(peer)
+        return await self.window("state_table").read32(offset)
+
+    async def wait_state(
+        self, peer: int, condition: Callable[[int], bool], timeout: float | None = None
+    ) -> int | None:
+        """Wait until ``condition(state of peer)`` holds; the state (``None`` at ``timeout``).
+
+        A state change rings vector 0 of every other peer, so this looks again after
+        every interrupt (and once at once).
+        """
+        deadline = None if timeout is None else self.now() + timeout
+        while True:
+            value = await self.state_of(peer)
+            if condition(value):
+                return value
+            remaining = None if deadline is None else deadline - self.now()
+            if remaining is not None and remaining <= 0:
+                return None
+            await self.wait_irq(remaining)
+
+    def window(self, name: str) -> SharedWindow:
+        """A section window: ``state_table``, ``rw``, ``outputs`` (all output sections),
+        ``output`` (the own one, once the ID is known)."""
+        self._rev2()
+        try:
+            return self._windows[name]
+        except KeyError:
+            raise ValueError(
+                f"no window {name!r} on this device ({', '.join(self._windows)})"
+            ) from None
+
+    @property
+    def state_table(self) -> SharedWindow:
+        """The State Table (read-only: the device drops writes)."""
+        return self.window("state_table")
+
+    @property
+    def rw(self) -> SharedWindow:
+        """The R/W section."""
+        return self.window("rw")
+
+    @property
+    def output(self) -> SharedWindow:
+        """The own output section (writable)."""
+        return self.window("output")
+
+    def output_of(self, peer: int, name: str = "") -> SharedWindow:
+        """``peer``'s output section (another peer's: read-only, the device drops writes)."""
+        section = self._rev2().output(peer)
+        outputs = self.window("outputs")
+        start = outputs.offset + section.offset - self._rev2().outputs.offset
+        return SharedWindow(self, name or f"output of {peer}", start, section.size)
+
     # -- interrupts, membership, time --------------------------------------------------------
 
     async def wait_irq(self, timeout: float | None = None) -> int:
@@ -187,6 +292,49 @@ class Guest:
         """Print one line of the guest's transcript."""
         print(f"[   sim] {text}", flush=True)
         sys.stdout.flush()
+
+
+class SharedWindow:
+    """A section of the shared memory as the guest sees it: accesses relative to its start,
+    through the device (so the device's write protection applies).
+
+    Attributes
+    ----------
+    name : str
+    offset : int
+        Where it starts in the shared memory.
+    size : int
+    """
+
+    def __init__(self, guest: Guest, name: str, offset: int, size: int) -> None:
+        self._guest = guest
+        self.name = name
+        self.offset = offset
+        self.size = size
+
+    def _at(self, offset: int, size: int) -> int:
+        if offset < 0 or size < 0 or offset + size > self.size:
+            raise ValueError(f"{self.name}: access {offset:#x}+{size} outside 0..{self.size:#x}")
+        return self.offset + offset
+
+    async def read32(self, offset: int) -> int:
+        """The aligned word at ``offset``."""
+        return await self._guest.shm_read32(self._at(offset, 4))
+
+    async def write32(self, offset: int, value: int, strb: int = 0xF) -> None:
+        """Write the aligned word at ``offset``."""
+        await self._guest.shm_write32(self._at(offset, 4), value, strb)
+
+    async def read(self, offset: int, size: int) -> bytes:
+        """``size`` bytes from ``offset``."""
+        return await self._guest.shm_read(self._at(offset, size), size)
+
+    async def write(self, offset: int, data: bytes) -> None:
+        """Write ``data`` at ``offset`` (byte enables for partial words)."""
+        await self._guest.shm_write(self._at(offset, len(data)), data)
+
+    def __repr__(self) -> str:
+        return f"<SharedWindow {self.name} at {self.offset:#x}, {self.size:#x} bytes>"
 
 
 #: What ``--guest NAME|module:function`` names.

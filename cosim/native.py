@@ -36,7 +36,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from ..hdl.pci.tlp import ReqKind
-from ..sw.peer import Doorbell, Peer, ServerGone
+from ..sw.peer import Doorbell, Peer, PeerLeft, ServerGone
 from ..sw.regmap import MAX_VECTORS
 from .guest_api import BusError, Guest, GuestFunction
 from .pci import TransactionError, enumerate_endpoint
@@ -48,9 +48,11 @@ from .session import (
     announce,
     announce_membership,
     announce_pci,
+    device_memory,
     guest_windows,
     join,
     load_guest,
+    sections_of,
     server_gone,
     write_status,
 )
@@ -182,10 +184,17 @@ class Engine:
         if error:
             raise OSError(-error, os.strerror(-error))
 
-    def attach(self, peer: Peer, *, stop_fd: int = -1, **options: Any) -> None:
-        """:meth:`configure` and :meth:`watch` for ``peer`` (joined), with its current peers."""
-        assert peer.memory is not None
-        self.configure(peer.memory, peer.id, **options)
+    def attach(
+        self, peer: Peer, *, stop_fd: int = -1, memory: memoryview | None = None, **options: Any
+    ) -> None:
+        """:meth:`configure` and :meth:`watch` for ``peer`` (joined), with its current peers.
+
+        ``memory``: the device's writable view of the shared memory (default the peer's).
+        """
+        if memory is None:
+            memory = peer.memory
+        assert memory is not None
+        self.configure(memory, peer.id, **options)
         self.watch(peer.eventfds(peer.id), peer.server_fileno(), stop_fd)
         for other in peer.peers:
             self.set_peer(other, peer.eventfds(other))
@@ -411,6 +420,8 @@ class NativeBridge:
                 self.engine.push_event(event.vector, event.count)
             else:
                 announce_membership(event)
+                if isinstance(event, PeerLeft) and self.config.revision2 is not None:
+                    self.engine.push_event(0, 1)  # revision 2: own vector 0 on a departure
         self._sync_peers()
 
     def _sync_peers(self) -> None:
@@ -435,7 +446,7 @@ class NativeBridge:
         try:
             # a device with a CPU inside runs its firmware: no Python guest
             firmware = DEVICES[config.device].bus == "none"
-            guest_function = None if firmware else load_guest(config.guest)
+            guest_function = None if firmware else load_guest(config.guest, config.revision)
         except (KeyError, ValueError) as error:
             return STATUS_FAILED, str(error)
         try:
@@ -449,6 +460,7 @@ class NativeBridge:
         finally:
             if self._stop_fd >= 0:
                 os.close(self._stop_fd)
+            # the engine keeps a pointer into the mapping: it goes with the process
             peer.close()
 
     def _run(self, peer: Peer, guest_function: GuestFunction | None) -> tuple[int, str]:
@@ -459,8 +471,9 @@ class NativeBridge:
             # up if the CLI dies, so no orphaned simulator stays in the domain
             self._stop_fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         limit = None if config.seconds is None else time.monotonic() + config.seconds
+        self._memory = device_memory(peer)  # kept mapped while the engine runs
         engine.attach(
-            peer, stop_fd=self._stop_fd, poll_cycles=config.poll_cycles,
+            peer, stop_fd=self._stop_fd, memory=self._memory[0], poll_cycles=config.poll_cycles,
             msi_stall=config.msi_stall, no_guest=guest_function is None, limit=limit,
         )  # fmt: skip
         self._known = dict(peer.peers)
@@ -468,13 +481,20 @@ class NativeBridge:
         engine.reset()
         announce(peer, config.guest)
         bus = _Bus(self)
-        regs, regs_base, shm_base = guest_windows(config.shm_size)
+        regs, regs_base, shm_base, memory_map = guest_windows(config.shm_size)
+        sections = (
+            None if config.revision2 is None else sections_of(config.shm_size, config.revision2)
+        )
         if config.device == "pci":
             try:
-                layout = run_coroutine(enumerate_endpoint(bus))  # type: ignore[arg-type]
+                layout = run_coroutine(
+                    enumerate_endpoint(bus, config.revision2, sections)  # type: ignore[arg-type]
+                )
             except TransactionError as error:
                 return STATUS_FAILED, f"PCI enumeration failed: {error}"
-            regs, regs_base, shm_base = guest_windows(config.shm_size, layout)
+            regs, regs_base, shm_base, memory_map = guest_windows(
+                config.shm_size, layout, config.revision2
+            )
             announce_pci(layout)
         if guest_function is None:
             while True:
@@ -482,7 +502,7 @@ class NativeBridge:
                 self.handle(engine.take_flags())
         guest = Guest(
             bus, regs, regs_base=regs_base, shm_base=shm_base, shm_size=config.shm_size,
-            host=self, args=config.guest_args,
+            host=self, args=config.guest_args, memory_map=memory_map, sections=sections,
         )  # fmt: skip
         try:
             run_coroutine(guest.start())

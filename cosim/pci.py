@@ -14,11 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..hdl.pci.tlp import Completion, CplStatus, MsiMessage, ReqKind, Request
-from ..sw.pcicfg import BARS, CFG, CMD, DEVICE_ID, MSIX_CAP, VENDOR_ID
-from ..sw.regmap import MSIX_BAR, MSIX_ENTRY
+from ..sw.pcicfg import BARS, CFG, CMD, DEVICE_ID, MSIX_CAP, REV2_IDS, VENDOR_CAP, VENDOR_ID
+from ..sw.regmap import MSIX_BAR, MSIX_ENTRY, PCI_REV2_REGS
+from ..sw.sections import Layout
+
+if TYPE_CHECKING:
+    from .build import Revision2
 
 __all__ = [
     "MSI_ADDRESS",
@@ -74,6 +78,8 @@ class PciLayout:
     bar2: int
     shm_size: int
     vectors: int
+    #: revision 2: the endpoint's parameters (its sections checked against its capability)
+    revision2: Revision2 | None = None
 
 
 class TransactionPort:
@@ -148,10 +154,23 @@ async def _size_bar(port: TransactionPort, offset: int, is64: bool) -> int:
     return ((~mask) & ((1 << width) - 1)) + 1 if mask else 0
 
 
-async def enumerate_endpoint(port: TransactionPort) -> PciLayout:
-    """Firmware: IDs, BARs, command register, MSI-X table and enable; the layout."""
+async def enumerate_endpoint(
+    port: TransactionPort, revision2: Revision2 | None = None, sections: Layout | None = None
+) -> PciLayout:
+    """Firmware: IDs, BARs, command register, MSI-X table and enable; the layout.
+
+    Revision 2 (``revision2``, with the ``sections`` the device was built for): its IDs,
+    the MSI-X capability found through the capability list, the vendor capability's
+    section sizes checked against ``sections``, and Interrupt Control enabled (one-shot
+    stays off), as a driver leaves the function.
+    """
     ids = await port.cfg_read(CFG.VENDOR_ID)
-    if ids != (DEVICE_ID << 16 | VENDOR_ID):
+    if revision2 is None:
+        vendor, device = VENDOR_ID, DEVICE_ID
+    else:
+        rev2_ids = REV2_IDS[revision2.layout]
+        vendor, device = rev2_ids.vendor, rev2_ids.device
+    if ids != (device << 16 | vendor):
         raise TransactionError(f"not an ivshmem function: IDs {ids:#010x}")
     sizes = {}
     for bar in BARS:
@@ -163,8 +182,14 @@ async def enumerate_endpoint(port: TransactionPort) -> PciLayout:
     await port.cfg_write(BARS.shm.offset + 4, _BAR2_BASE >> 32)
     await port.cfg_write(CFG.COMMAND, CMD.MEMORY | CMD.MASTER, be=0b0011)
     vectors = 0
-    control_dword = MSIX_CAP.offset & ~3
-    cap = await port.cfg_read(control_dword)
+    if revision2 is None:
+        control_dword = MSIX_CAP.offset & ~3
+    else:
+        assert sections is not None
+        await _check_sections(port, sections)
+        msix = await _find_capability(port, MSIX_CAP.id)
+        control_dword = msix if msix else -1
+    cap = await port.cfg_read(control_dword) if control_dword >= 0 else 0
     if cap & 0xFF == MSIX_CAP.id:
         vectors = ((cap >> 16) & MSIX_CAP.TABLE_SIZE) + 1
         for v in range(vectors):
@@ -175,4 +200,43 @@ async def enumerate_endpoint(port: TransactionPort) -> PciLayout:
             await port.write(entry + MSIX_ENTRY["VectorCtrl"].offset, 0)  # unmasked
         # Message Control is the upper half of the capability's first dword
         await port.cfg_write(control_dword, MSIX_CAP.ENABLE << 16, be=0b1100)
-    return PciLayout(_BAR0_BASE, _BAR1_BASE, _BAR2_BASE, sizes[BARS.shm.index], vectors)
+    if revision2 is not None:
+        regs = PCI_REV2_REGS[revision2.layout]
+        await port.write(_BAR0_BASE + regs["IntCtrl"].offset, 1)  # deliver interrupts
+    return PciLayout(_BAR0_BASE, _BAR1_BASE, _BAR2_BASE, sizes[BARS.shm.index], vectors, revision2)
+
+
+async def _find_capability(port: TransactionPort, cap_id: int) -> int:
+    """Config offset of capability ``cap_id`` on the capability list (0: none)."""
+    pointer = (await port.cfg_read(CFG.CAPABILITY_LIST & ~3)) >> 8 * (CFG.CAPABILITY_LIST % 4)
+    pointer &= 0xFC
+    for _ in range(48):  # longer than config space holds: a loop
+        if not pointer:
+            return 0
+        header = await port.cfg_read(pointer)
+        if header & 0xFF == cap_id:
+            return pointer
+        pointer = (header >> 8) & 0xFC
+    return 0
+
+
+async def _check_sections(port: TransactionPort, sections: Layout) -> None:
+    """The vendor capability must describe ``sections`` (what a driver reads)."""
+    cap = await _find_capability(port, VENDOR_CAP.id)
+    if not cap:
+        raise TransactionError("no revision 2 vendor capability")
+
+    async def u64(offset: int) -> int:
+        return await port.cfg_read(cap + offset) | await port.cfg_read(cap + offset + 4) << 32
+
+    found = (
+        await port.cfg_read(cap + VENDOR_CAP.STATE_TABLE_SIZE),
+        await u64(VENDOR_CAP.RW_SIZE),
+        await u64(VENDOR_CAP.OUTPUT_SIZE),
+    )
+    wanted = (sections.state_table.size, sections.rw.size, sections.output_section_size)
+    if found != wanted:
+        raise TransactionError(
+            f"the vendor capability describes sections {found} (State Table, R/W, output), "
+            f"not {wanted}"
+        )

@@ -28,7 +28,10 @@ class CosimProcess:
     name : str
         Prefix of those files.
     sim, engine, device, vectors, shm_size, guest, guest_args, waves, seconds, poll_cycles
-        ``ivshmem-cosim`` options (``engine=None``: the simulator's default).
+        ``ivshmem-cosim`` options (``engine=None``: the simulator's default;
+        ``vectors=None``: the server's, revision 2).
+    revision, layout, interrupts
+        ``--revision`` (2: the revision 2 endpoint) and its ``--layout``, ``--interrupts``.
     firmware : str
         ``--firmware`` of ``device="soc"`` (which runs no guest).
 
@@ -47,9 +50,12 @@ class CosimProcess:
         sim: str = "verilator",
         engine: str | None = None,
         device: str = "flat",
-        vectors: int = 1,
+        vectors: int | None = 1,
         shm_size: int | None = None,
-        guest: str = "echo",
+        revision: int = 1,
+        layout: str | None = None,
+        interrupts: str | None = None,
+        guest: str | None = None,
         guest_args: dict[str, object] | None = None,
         firmware: str = "echo",
         waves: str | os.PathLike[str] | None = None,
@@ -65,10 +71,18 @@ class CosimProcess:
             "--socket", os.fspath(socket),
             "--device", device,
             "--sim", sim,
-            "--vectors", str(vectors),
-            "--guest", "none" if device == "soc" else guest,
             "--status", os.fspath(self.status_path),
         ]  # fmt: skip
+        if device == "soc" or guest is not None:  # else the revision's echo guest
+            self.args += ["--guest", "none" if device == "soc" else str(guest)]
+        if vectors is not None:  # else (revision 2) the server's
+            self.args += ["--vectors", str(vectors)]
+        if revision != 1:
+            self.args += ["--revision", str(revision)]
+        if layout is not None:
+            self.args += ["--layout", layout]
+        if interrupts is not None:
+            self.args += ["--interrupts", interrupts]
         if engine is not None:
             self.args += ["--engine", engine]
         if device == "soc":

@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import importlib
 import json
+import mmap
 import os
 import socket
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..sw.memmap import MemoryMap, flat_memory_map, pci_memory_map
+from ..sw.memmap import MemoryMap, flat_memory_map, pci2_memory_map, pci_memory_map
 from ..sw.peer import Peer, PeerJoined, PeerLeft, ProtocolError
 from ..sw.protocol import recv_message
 from ..sw.regmap import RegisterMap
+from ..sw.sections import Layout
+from .build import Revision2
 from .guest_api import GuestFunction
 from .pci import PciLayout
 
@@ -38,9 +41,11 @@ __all__ = [
     "announce",
     "announce_membership",
     "announce_pci",
+    "device_memory",
     "guest_windows",
     "join",
     "load_guest",
+    "sections_of",
     "server_gone",
     "write_status",
 ]
@@ -69,12 +74,22 @@ class BridgeConfig:
     library: str | None = None  # native engine: the built shared library
     #: where the CLI hands over its connection to the server (one connection, one join)
     handoff: str | None = None
+    #: the revision 2 PCI endpoint's parameters (``None``: revision 1)
+    revision2: Revision2 | None = None
+
+    @property
+    def revision(self) -> int:
+        """The protocol revision the device speaks."""
+        return 1 if self.revision2 is None else 2
 
     @classmethod
     def from_env(cls) -> BridgeConfig:
         """Read the configuration the CLI left in the environment."""
         env = os.environ
         seconds = env.get("IVHW_COSIM_SECONDS")
+        revision2 = None
+        if env.get("IVHW_COSIM_REVISION2"):
+            revision2 = Revision2(**json.loads(env["IVHW_COSIM_REVISION2"]))
         return cls(
             socket=env["IVHW_COSIM_SOCKET"],
             device=env.get("IVHW_COSIM_DEVICE", "flat"),
@@ -89,6 +104,7 @@ class BridgeConfig:
             waves=env.get("IVHW_COSIM_WAVES") or None,
             library=env.get("IVHW_COSIM_LIBRARY") or None,
             handoff=env.get("IVHW_COSIM_HANDOFF") or None,
+            revision2=revision2,
         )
 
 
@@ -108,8 +124,9 @@ def server_gone() -> Stop:
     )
 
 
-def load_guest(name: str) -> GuestFunction | None:
-    """The guest ``name``: a built-in (``echo``, ``ping``), ``none``, or ``module:function``."""
+def load_guest(name: str, revision: int = 1) -> GuestFunction | None:
+    """The guest ``name``: a built-in (``echo``, ``ping``; ``echo2`` on revision 2),
+    ``none``, or ``module:function``."""
     if name == "none":
         return None
     if ":" not in name:
@@ -120,6 +137,13 @@ def load_guest(name: str) -> GuestFunction | None:
             raise ValueError(
                 f"no built-in guest {name!r}; choose from {', '.join(builtin_guests.BUILTINS)}, "
                 "none, or give module:function"
+            )
+        speaks = builtin_guests.REVISIONS[name]
+        if speaks != revision:
+            others = [n for n, r in builtin_guests.REVISIONS.items() if r == revision]
+            raise ValueError(
+                f"the built-in guest {name} speaks the revision {speaks} echo protocol, the "
+                f"device is revision {revision}: use {' or '.join(others)}"
             )
         return function
     module_name, _, attr = name.partition(":")
@@ -150,46 +174,97 @@ def join(config: BridgeConfig) -> Peer:
     """Join the server as the device's peer; :class:`Stop` if that fails or sizes differ."""
     try:
         sock = _take_over(config.handoff) if config.handoff else None
-        peer = Peer(config.socket, vectors=config.vectors, timeout=10.0, sock=sock)
+        peer = Peer(
+            config.socket, vectors=config.vectors, timeout=10.0, sock=sock,
+            revision=config.revision,
+        )  # fmt: skip
     except (OSError, TimeoutError, ProtocolError) as error:
         raise Stop(
             STATUS_JOIN_FAILED, f"cannot join the ivshmem server at {config.socket}: {error}"
         ) from None
+    problem = None
     if peer.shm_size != config.shm_size:
-        size = peer.shm_size
-        peer.close()
-        raise Stop(
-            STATUS_JOIN_FAILED,
-            f"the server's shared memory is {size} bytes but the device was built for "
-            f"{config.shm_size}; rerun with --shm-size {size}",
+        problem = (
+            f"the server's shared memory is {peer.shm_size} bytes but the device was built for "
+            f"{config.shm_size}; rerun with --shm-size {peer.shm_size}"
         )
+    elif config.revision2 is not None:
+        built = config.revision2
+        have = (peer.max_peers, peer.output_section_size, peer.protocol)
+        want = (built.max_peers, built.output_section_size, built.protocol)
+        if have != want:
+            problem = (
+                "the server's max peers, output section size and protocol are "
+                f"{have[0]}, {have[1]}, {have[2]:#x}, but the device was built for "
+                f"{want[0]}, {want[1]}, {want[2]:#x} (restarted meanwhile?); run again"
+            )
+    if problem is not None:
+        peer.close()
+        raise Stop(STATUS_JOIN_FAILED, problem)
     return peer
 
 
-def guest_windows(shm_size: int, layout: PciLayout | None = None) -> tuple[RegisterMap, int, int]:
-    """(registers, their bus address, the shared memory's) for the guest, from the bus's map.
+def device_memory(peer: Peer) -> tuple[memoryview, mmap.mmap | None]:
+    """The device's view of the whole shared memory, writable: (view, mapping to close).
+
+    Revision 1: the peer's own mapping. Revision 2: the peer library maps the read-only
+    sections read-only, but the device's memory port reaches all of it (the endpoint's
+    BAR2 window enforces the sections itself, as the hardware does), so the device gets
+    a writable mapping of its own.
+    """
+    if peer.revision == 1:
+        assert peer.memory is not None
+        return peer.memory, None
+    mapping = mmap.mmap(peer.shm_fd, peer.shm_size, mmap.MAP_SHARED)
+    return memoryview(mapping), mapping
+
+
+def guest_windows(
+    shm_size: int, layout: PciLayout | None = None, revision2: Revision2 | None = None
+) -> tuple[RegisterMap, int, int, MemoryMap]:
+    """(registers, their bus address, the shared memory's, the whole map) for the guest.
 
     ivshmem-flat: its bus's memory map (:func:`ivhw.sw.memmap.flat_memory_map`); the PCI
-    endpoint (``layout``: where the firmware put its BARs): its BAR map, placed.
+    endpoint (``layout``: where the firmware put its BARs): its BAR map, placed; the
+    revision 2 endpoint's BAR2 holds the sections' windows (``state_table``, ``rw``,
+    ``outputs``).
     """
     memory_map: MemoryMap
     if layout is None:
         memory_map = flat_memory_map(shm_size)
     else:
-        bars = pci_memory_map(msix=layout.vectors > 0, vectors=max(layout.vectors, 1),
-                              shm_size=shm_size)  # fmt: skip
         bases = {0: layout.bar0, 1: layout.bar1, 2: layout.bar2}
+        if revision2 is None:
+            bars = pci_memory_map(msix=layout.vectors > 0, vectors=max(layout.vectors, 1),
+                                  shm_size=shm_size)  # fmt: skip
+        else:
+            bars = pci2_memory_map(
+                layout=revision2.layout, msix=revision2.interrupts == "msix",
+                vectors=max(layout.vectors, 1), sections=sections_of(shm_size, revision2),
+            )  # fmt: skip
         memory_map = bars.placed({index: bases[index] for index in bars.bars})
-    regs, shm = memory_map["regs"], memory_map["shm"]
+    regs = memory_map["regs"]
     assert regs.regs is not None
-    return regs.regs, regs.base, shm.base
+    shm = memory_map["state_table" if revision2 is not None and layout else "shm"]
+    return regs.regs, regs.base, shm.base, memory_map
+
+
+def sections_of(shm_size: int, revision2: Revision2) -> Layout:
+    """The revision 2 shared-memory layout the device was built for."""
+    return Layout(shm_size, revision2.max_peers, revision2.output_section_size)
 
 
 def announce(peer: Peer, guest: str) -> None:
     """The transcript's first line: who the device is in the domain."""
+    extra = ""
+    if peer.revision == 2:
+        extra = (
+            f" (revision 2: max {peer.max_peers} peers, output sections of "
+            f"{peer.output_section_size // 1024} KiB, protocol {peer.protocol:#x})"
+        )
     print(
         f"[bridge] peer {peer.id} with {peer.vectors} vectors, "
-        f"{peer.shm_size // 1024} KiB shared memory; peers: "
+        f"{peer.shm_size // 1024} KiB shared memory{extra}; peers: "
         f"{sorted(peer.peers) or 'none'}; guest {guest}",
         flush=True,
     )
@@ -197,10 +272,15 @@ def announce(peer: Peer, guest: str) -> None:
 
 def announce_pci(layout: PciLayout) -> None:
     """The transcript line after the firmware enumerated the PCI endpoint."""
+    if layout.revision2 is None:
+        irq = f"MSI-X {layout.vectors} vectors enabled"
+    else:
+        irq = f"MSI-X {layout.vectors} vectors" if layout.vectors else "INTx"
+        irq = f"{layout.revision2.layout} layout, {irq}, interrupts enabled"
+    bar1 = f"BAR1 {layout.bar1:#x}, " if layout.vectors else ""
     print(
-        f"[bridge] PCI endpoint enumerated: BAR0 {layout.bar0:#x}, BAR1 "
-        f"{layout.bar1:#x}, BAR2 {layout.bar2:#x} ({layout.shm_size // 1024} KiB), "
-        f"MSI-X {layout.vectors} vectors enabled",
+        f"[bridge] PCI endpoint enumerated: BAR0 {layout.bar0:#x}, {bar1}"
+        f"BAR2 {layout.bar2:#x} ({layout.shm_size // 1024} KiB), {irq}",
         flush=True,
     )
 

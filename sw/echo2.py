@@ -22,12 +22,24 @@ import time
 from ivhw.sw.echo import MAX_PAYLOAD, SLOT_SIZE, Reply, invert
 from ivhw.sw.peer import Doorbell, Peer
 
-__all__ = ["READY", "Echo2Responder", "Reply", "max_peers_for", "request2", "slot"]
+__all__ = [
+    "LENGTH",
+    "PAYLOAD",
+    "READY",
+    "SEQ",
+    "Echo2Responder",
+    "Reply",
+    "max_peers_for",
+    "request2",
+    "slot",
+]
 
 #: State of a peer that takes part in the protocol (responder serving, requester waiting).
 READY = 1
 _HEADER = struct.Struct("<II")  # sequence number, length
-_SEQ, _LENGTH = 0, 4
+#: Offsets in a slot: sequence number, length, payload.
+SEQ, LENGTH, PAYLOAD = 0, 4, _HEADER.size
+_SEQ, _LENGTH = SEQ, LENGTH
 
 
 def slot(peer: int) -> int:

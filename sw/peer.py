@@ -38,6 +38,7 @@ from typing import Any, NoReturn, TypeAlias
 from .protocol import (
     EVENT_FD2,
     INIT2,
+    MAX_FRAME,
     MAX_PEER_ID,
     MAX_VECTORS,
     MSG,
@@ -59,12 +60,14 @@ from .sections import MAX_PEERS_REGISTER, MIN_PEERS, STATE_ENTRY_SIZE, Layout
 __all__ = [
     "Doorbell",
     "Event",
+    "Handshake",
     "Peer",
     "PeerJoined",
     "PeerLeft",
     "PeerVector",
     "ProtocolError",
     "ServerGone",
+    "peek_handshake",
     "peek_shm_size",
 ]
 
@@ -934,15 +937,43 @@ class Peer:
         return f"<Peer {self.socket_path!r} {state} peers={self.peers}>"
 
 
+@dataclass(frozen=True, slots=True)
+class Handshake:
+    """What a server's handshake tells a new peer before it joins (:func:`peek_handshake`).
+
+    ``max_peers``, ``vectors``, ``protocol`` and ``output_section_size`` are INIT's
+    (revision 2); 0 for revision 1, whose handshake does not say them.
+    """
+
+    revision: int
+    shm_size: int
+    max_peers: int = 0
+    vectors: int = 0
+    protocol: int = 0
+    output_section_size: int = 0
+
+
 def peek_shm_size(sock: socket.socket, timeout: float = 10.0) -> int:
     """The shared-memory size a revision 1 server is giving the new client on ``sock``.
 
-    The first three messages of the handshake (version, ID, shared memory) are
-    read with ``MSG_PEEK``: they stay in the socket for the :class:`Peer` that
-    takes ``sock`` over later (``Peer(path, sock=sock)``), so whoever peeks and
-    joins makes one connection, one join. What was peeked is checked by a
-    :class:`Peer` of its own over a socket pair, so the checks and the messages
-    are those of every peer. Raises ``ProtocolError``, ``ServerGone`` or
+    :func:`peek_handshake` insisting on revision 1.
+    """
+    return peek_handshake(sock, timeout, revision=1).shm_size
+
+
+def peek_handshake(
+    sock: socket.socket, timeout: float = 10.0, *, revision: int | None = None
+) -> Handshake:
+    """What the server is telling the new client on ``sock``, without consuming it.
+
+    The start of the handshake (revision 1: version, ID, shared memory; revision 2:
+    INIT with the shared memory) is read with ``MSG_PEEK``: it stays in the socket
+    for the :class:`Peer` that takes ``sock`` over later (``Peer(path, sock=sock)``),
+    so whoever peeks and joins makes one connection, one join. What was peeked is
+    checked by a :class:`Peer` of its own over a socket pair (``revision`` as for
+    :class:`Peer`), so the checks and the messages are those of every peer; for
+    revision 2 that probe is handed its own vectors as fresh eventfds, since INIT
+    alone does not end a handshake. Raises ``ProtocolError``, ``ServerGone`` or
     ``TimeoutError``.
     """
     deadline = time.monotonic() + timeout
@@ -950,6 +981,7 @@ def peek_shm_size(sock: socket.socket, timeout: float = 10.0) -> int:
     space = socket.CMSG_SPACE(4 * 4)
     version = MSG.pack(PROTOCOL_VERSION)
     data, fds = b"", []
+    rev2 = False
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -967,24 +999,41 @@ def peek_shm_size(sock: socket.socket, timeout: float = 10.0) -> int:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
             for fd in array.array("i", payload[: len(payload) - len(payload) % 4])
         ]
-        if len(data) >= want or not data or not version.startswith(data[: len(version)]):
-            break  # all of it, the end of the stream, or not revision 1 at all
+        if not rev2 and len(data) >= MSG2_HEADER.size and revision != 1:
+            kind, length = MSG2_HEADER.unpack_from(data)
+            if kind == MSG2_INIT and MSG2_HEADER.size + INIT2.size <= length <= MAX_FRAME:
+                rev2, want = True, length  # INIT, whole
+                if len(data) < want:
+                    continue
+        if len(data) >= want or not data:
+            break  # all of it, or the end of the stream
+        if not rev2 and not version.startswith(data[: len(version)]):
+            break  # neither revision: the probe says what it is
         time.sleep(0.01)  # the rest of the handshake is on its way
     timed_out = remaining <= 0
     replay, taker = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         with replay:
-            whole = len(data) - len(data) % MSG.size
-            for offset in range(0, whole, MSG.size):
-                last = offset + MSG.size >= whole
-                # the fds came with the last complete message (the kernel's peek ends there)
-                rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
-                replay.sendmsg([data[offset : offset + MSG.size]], rights if last and fds else [])
-            if whole < len(data):
-                replay.sendall(data[whole:])
+            if rev2:
+                _replay_init2(replay, data, fds)
+            else:
+                whole = len(data) - len(data) % MSG.size
+                for offset in range(0, whole, MSG.size):
+                    last = offset + MSG.size >= whole
+                    # the fds came with the last complete message (the kernel's peek ends
+                    # there)
+                    rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+                    replay.sendmsg(
+                        [data[offset : offset + MSG.size]], rights if last and fds else []
+                    )
+                if whole < len(data):
+                    replay.sendall(data[whole:])
         try:
-            with Peer("(peeked)", sock=taker, vectors=0, revision=1, timeout=1.0) as probe:
-                return probe.shm_size
+            with Peer("(peeked)", sock=taker, vectors=0, revision=revision, timeout=1.0) as probe:
+                return Handshake(
+                    probe.revision, probe.shm_size, probe.max_peers, probe._server_vectors,
+                    probe.protocol, probe.output_section_size,
+                )  # fmt: skip
         except ServerGone:
             if timed_out:  # the server did not end the stream: it stalls
                 raise TimeoutError(
@@ -993,3 +1042,24 @@ def peek_shm_size(sock: socket.socket, timeout: float = 10.0) -> int:
             raise
     finally:
         _close_all(fds)
+
+
+def _replay_init2(replay: socket.socket, data: bytes, fds: list[int]) -> None:
+    """A peeked revision 2 INIT for the probe, then the own vectors it announces."""
+    rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    replay.sendmsg([data], rights)
+    if len(data) < MSG2_HEADER.size + INIT2.size:
+        return  # cut short: the probe says so
+    _version, _compatible, own, _max, vectors, _protocol, _out = INIT2.unpack_from(
+        data, MSG2_HEADER.size
+    )
+    for vector in range(min(vectors, MAX_VECTORS)):
+        fd = os.eventfd(0, os.EFD_CLOEXEC)
+        try:
+            message = MSG2_HEADER.pack(MSG2_EVENT_FD, MSG2_HEADER.size + EVENT_FD2.size)
+            message += EVENT_FD2.pack(own, vector)
+            replay.sendmsg(
+                [message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
+            )
+        finally:
+            os.close(fd)
