@@ -11,9 +11,14 @@ requests itself, so a second simulated device running the ``ping`` guest, and th
 host peer, measure round trips into the running operating system.
 
 ``--vm qtest`` instead drives the ``ivshmem-doorbell`` from outside through qtest
-(the CPU never runs). ``--device soc`` replaces the simulated device and its Python
-echo guest with the SoC tile (:mod:`ivhw.boards.soc`), whose RISC-V CPU runs the echo
-service in C; its console lines appear as ``[soc]``. Everything started is shut down
+(the CPU never runs). ``--revision 2`` is the revision 2 demo instead: an
+``ivshmem2-server``, the simulated revision 2 PCI endpoint running the ``echo2``
+guest, and two host peers of the peer library that exchange requests with it over
+the output sections (docs/echo2-protocol.md); every State Table change a host sees
+is shown, and one host leaves before the end (PEER_GONE). ``--device soc`` replaces
+the simulated device and its Python echo guest with the SoC tile
+(:mod:`ivhw.boards.soc`), whose RISC-V CPU runs the echo service in C; its console
+lines appear as ``[soc]``. Everything started is shut down
 again; ``--waves FILE`` records the echo device's waveform.
 """
 
@@ -33,8 +38,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..sw import echo
-from ..sw.peer import Peer, PeerJoined
+from ..sw import echo, echo2
+from ..sw.peer import Peer, PeerJoined, PeerLeft
 from .process import CosimProcess
 
 __all__ = ["QemuReply", "main", "qemu_echo_request"]
@@ -311,6 +316,145 @@ def _run(tmp: Path, args: argparse.Namespace) -> int:
     return status
 
 
+#: The revision 2 demo's domain: 64 KiB, one page per output section, four peers.
+_REV2_SERVER = ("-l", "64K", "-o", "4K", "-n", "4", "-V", str(_VECTORS))
+_REV2_MESSAGES = {
+    "A": (b"hello from host A", b"output sections", bytes(range(56))),
+    "B": (b"hello from host B", b"State register READY", b"\x5a" * 33),
+}
+
+
+class _StateWatch:
+    """A host peer's view of the State Table: each change it sees is one transcript line."""
+
+    def __init__(self, name: str, peer: Peer) -> None:
+        self.name = name
+        self.peer = peer
+        self._seen = self._table()
+
+    def _table(self) -> dict[int, int]:
+        return {p: self.peer.state_of(p) for p in range(self.peer.max_peers)}
+
+    def look(self, events: list[object]) -> None:
+        for event in events:
+            if isinstance(event, PeerJoined | PeerLeft):
+                what = "joined" if isinstance(event, PeerJoined) else "left (PEER_GONE)"
+                _say(self.name, f"peer {event.peer} {what}")
+        table = self._table()
+        for peer, value in table.items():
+            if value != self._seen[peer]:
+                ready = " (READY)" if value == echo2.READY else ""
+                _say(self.name, f"State Table: peer {peer} {self._seen[peer]} -> {value}{ready}")
+        self._seen = table
+
+    def poll(self, timeout: float = 0.0) -> None:
+        self.look(self.peer.poll(timeout))  # type: ignore[arg-type]
+
+    def ready(self) -> list[int]:
+        """The other peers this host has seen READY (and knows)."""
+        return [p for p in self.peer.peers if self._seen.get(p) == echo2.READY]
+
+
+def _request2(watch: _StateWatch, target: int, payload: bytes) -> int:
+    """One revision 2 echo request of a host, shown; 1 if the reply was wrong."""
+    host = watch.peer
+    _say(watch.name, f"-> peer {target}: {payload[:24]!r} (slot {target} of own output section)")
+    reply = echo2.request2(host, target, payload, timeout=20)
+    ok = _check(reply.payload, payload)
+    _say(
+        watch.name,
+        f"<- peer {reply.source} (slot {host.id} of its output section): "
+        f"{reply.payload[:12].hex()}... (every byte XOR 0xFF: {ok}) in {reply.rtt * 1e3:.2f} ms",
+    )
+    watch.look([])  # request2 consumed the doorbells: the state changes they announced
+    return int(ok != "ok")
+
+
+def _run2(tmp: Path, args: argparse.Namespace) -> int:
+    """The revision 2 demo; returns the number of failures (0: all well, all shut down)."""
+    sock = tmp / "ivshmem2.sock"
+    shm_name = f"ivhw-cosim-demo2-{os.getpid()}"
+    server_cmd = [
+        sys.executable, "-m", "ivhw.sw.server2", "-F", "-S", str(sock), "-M", shm_name,
+        *_REV2_SERVER,
+    ]  # fmt: skip
+    _say("demo", "starting: ivshmem2-server " + " ".join(server_cmd[3:]))
+    server = subprocess.Popen(server_cmd, stderr=subprocess.PIPE, text=True)
+    threading.Thread(target=_relay, args=("server", server.stderr), daemon=True).start()
+    device: CosimProcess | None = None
+    hosts: dict[str, _StateWatch] = {}
+    failures = 1
+    try:
+        _wait_for(sock.exists, "the server socket", 10, lambda: server.poll() is None)
+        for name in ("A", "B"):
+            peer = Peer(str(sock), revision=2, timeout=10)
+            hosts[name] = _StateWatch(f"host {name}", peer)
+            _say(f"host {name}", f"joined as peer {peer.id} (max {peer.max_peers} peers, "
+                 f"output sections of {peer.output_section_size // 1024} KiB)")  # fmt: skip
+        a, b = hosts["A"], hosts["B"]
+        _say("demo", f"starting the simulated revision 2 PCI endpoint ({args.sim}, "
+             f"{args.layout} layout, {args.interrupts}, echo2 guest)")  # fmt: skip
+        device = CosimProcess(
+            sock, tmp, sim=args.sim, device="pci", revision=2, layout=args.layout,
+            interrupts=args.interrupts, vectors=None, waves=args.waves, stdout=subprocess.PIPE,
+        ).start()  # fmt: skip
+        assert device.process is not None and device.process.stdout is not None
+        threading.Thread(
+            target=_relay_cosim, args=(device.process.stdout, args.verbose), daemon=True
+        ).start()
+        started = device
+
+        def device_ready() -> bool:
+            for watch in hosts.values():
+                watch.poll(0.02)
+            return bool(set(a.ready()) & set(b.ready()))
+
+        # the first run builds the device (minutes on a loaded machine)
+        _wait_for(device_ready, "the simulated device's READY", 600,
+                  lambda: started.poll() is None)  # fmt: skip
+        (target,) = set(a.ready()) & set(b.ready())
+        _say("demo", f"the simulated device is peer {target}, READY in the State Table")
+        failures = 0
+        for n in range(3):
+            for watch in (a, b):
+                failures += _request2(watch, target, _REV2_MESSAGES[watch.name[-1]][n])
+                for other in hosts.values():
+                    other.poll(0)
+        _say("demo", "host B leaves; the server zeroes its State Table entry, then PEER_GONE")
+        b_id = b.peer.id
+        b.peer.close()
+        del hosts["B"]
+
+        def gone() -> bool:
+            a.poll(0.05)
+            return b_id not in a.peer.peers
+
+        _wait_for(gone, "host B's PEER_GONE", 10)
+        failures += _request2(a, target, b"after B left")
+    finally:
+        for watch in hosts.values():
+            watch.peer.close()
+        if device is not None:
+            code = device.stop()
+            _say("demo", f"simulated device stopped (status {code})")
+            failures += code != 0
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.wait(timeout=10)
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        shm_left = os.path.exists(f"/dev/shm/{shm_name}")
+        _say(
+            "demo",
+            f"server exited with status {server.returncode}; socket file removed: "
+            f"{not sock.exists()}; shared memory removed: {not shm_left}",
+        )
+        failures += bool(server.returncode) + sock.exists() + shm_left
+    return failures
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns 0 when every reply was right and everything shut down."""
     parser = argparse.ArgumentParser(prog="python -m ivhw.cosim.demo", description=__doc__)
@@ -324,14 +468,33 @@ def main(argv: list[str] | None = None) -> int:
         "--vm", choices=("linux", "qtest"), default="linux",
         help="the QEMU peer: a booted Linux guest (default) or a device driven through qtest",
     )  # fmt: skip
+    parser.add_argument(
+        "--revision", type=int, choices=(1, 2), default=1,
+        help="2: the revision 2 demo (an ivshmem2-server, the revision 2 PCI endpoint "
+        "running echo2, two host peers)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--layout", choices=("final", "rfc"),
+        help="--revision 2: the endpoint's register layout (default final)",
+    )  # fmt: skip
+    parser.add_argument("--interrupts", choices=("msix", "intx"),
+                        help="--revision 2: the endpoint's interrupts (default msix)")  # fmt: skip
     parser.add_argument("--waves", metavar="FILE", help="write the device's waveform to FILE")
     parser.add_argument("-v", "--verbose", action="store_true", help="show the simulator's log")
     args = parser.parse_args(argv)
+    if args.revision == 2:
+        if args.device != "flat" or args.vm != "linux":
+            parser.error("--revision 2 runs its own domain: leave out --device and --vm")
+        args.layout, args.interrupts = args.layout or "final", args.interrupts or "msix"
+    elif args.layout or args.interrupts:
+        parser.error("--layout and --interrupts are options of --revision 2")
     if args.waves is not None:
         args.waves = os.path.abspath(args.waves)
     tmp = Path(tempfile.mkdtemp(prefix="ivhw-cdemo-"))
     signal.signal(signal.SIGTERM, _interrupt)  # shut everything down, as on ^C
     try:
+        if args.revision == 2:
+            return 1 if _run2(tmp, args) else 0
         return _run(tmp, args)
     except (TimeoutError, RuntimeError) as error:
         _say("demo", f"error: {error}")

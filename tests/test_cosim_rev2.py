@@ -14,6 +14,9 @@ real memory, and the bad-input paths.
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -294,3 +297,27 @@ def test_revision_of_the_server_must_match(tmp_path: Path, server: Ivshmem2Serve
     assert "gives every peer 2 vectors, fewer than --vectors 3" in _one_error(result)
     assert not any(tmp_path.glob("pci-*"))  # nothing was built
     wait_for(lambda: server.peer_ids == [])  # each look at the server left again
+
+
+@pytest.mark.verilator
+def test_demo_revision_2_runs_clean() -> None:
+    """``make demo DEMO_ARGS="--revision 2"``: two host peers and the simulated endpoint."""
+    require_tool("g++")
+    result = subprocess.run(
+        [sys.executable, "-m", "ivhw.cosim.demo", "--revision", "2"],
+        capture_output=True, text=True, timeout=280, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "WRONG" not in out and "Traceback" not in out + result.stderr
+    found = re.search(r"the simulated device is peer (\d+), READY", out)
+    assert found, out
+    device = found.group(1)
+    # the device's READY, seen in the State Table by both hosts
+    assert out.count(f"State Table: peer {device} 0 -> 1 (READY)") == 2, out
+    # 3 requests of each host and one more of A after B left, each verified
+    assert out.count("(every byte XOR 0xFF: ok)") == 7, out
+    assert re.search(r"\[bridge\] peer \d+ left", out), out
+    assert "(PEER_GONE)" in out and re.search(r"State Table: peer \d+ 1 -> 0", out), out
+    assert "simulated device stopped (status 0)" in out
+    assert "socket file removed: True; shared memory removed: True" in out
