@@ -206,6 +206,22 @@ def _linux_round(
     return failures
 
 
+def _stop(device: CosimProcess | None, server: subprocess.Popen[str]) -> bool:
+    """Stop the simulated device (shown), then the server; whether the device failed."""
+    code = 0
+    if device is not None:
+        code = device.stop()
+        _say("demo", f"simulated device stopped (status {code})")
+    if server.poll() is None:
+        server.send_signal(signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        server.wait(timeout=10)
+    if server.poll() is None:
+        server.kill()
+        server.wait()
+    return code != 0
+
+
 def _run(tmp: Path, args: argparse.Namespace) -> int:
     from ..sw.qtest import QemuIvshmem, find_qemu
 
@@ -294,18 +310,8 @@ def _run(tmp: Path, args: argparse.Namespace) -> int:
             _say("demo", "QEMU (Linux) stopped")
         if host is not None:
             host.close()
-        if device is not None:
-            code = device.stop()
-            _say("demo", f"simulated device stopped (status {code})")
-            if code:
-                status = 1
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            server.wait(timeout=10)
-        if server.poll() is None:
-            server.kill()
-            server.wait()
+        if _stop(device, server):
+            status = 1
         _say(
             "demo",
             f"server exited with status {server.returncode}; "
@@ -434,17 +440,7 @@ def _run2(tmp: Path, args: argparse.Namespace) -> int:
     finally:
         for watch in hosts.values():
             watch.peer.close()
-        if device is not None:
-            code = device.stop()
-            _say("demo", f"simulated device stopped (status {code})")
-            failures += code != 0
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            server.wait(timeout=10)
-        if server.poll() is None:
-            server.kill()
-            server.wait()
+        failures += _stop(device, server)
         shm_left = os.path.exists(f"/dev/shm/{shm_name}")
         _say(
             "demo",
