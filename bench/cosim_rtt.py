@@ -6,9 +6,11 @@
 For each simulator, engine (native: Verilator only) and device: a server, the
 simulated device running the ``echo`` guest (``ivshmem-cosim``) and a host peer
 that sends echo requests (``ivhw.sw.echo.request``) and measures each round
-trip. The bridge records, for every request, the wall time and the clock cycles
-from the moment its ``epoll`` returned with the doorbell to the moment the reply
-doorbell left the device: that is the *simulated* part. The rest of the round
+trip (``pci2``: the revision 2 endpoint, an ``ivshmem2-server`` and the revision 2
+echo protocol, ``echo2`` against ``ivhw.sw.echo2.request2``). The bridge records,
+for every request, the wall time and the clock cycles from the moment its ``epoll``
+returned with the doorbell to the moment the reply doorbell left the device: that
+is the *simulated* part. The rest of the round
 trip is the *bridge overhead* (eventfd wake of the simulator, the host's own
 wake, the code on both sides). Baselines, measured in the same run: a raw
 ping-pong between two processes on two eventfds, each side waiting in ``epoll``
@@ -175,6 +177,28 @@ def _breakdown(windows: list[tuple[float, float]], stats: dict[str, Any]) -> dic
     }
 
 
+def _request2(host: Any, target: int, payload: bytes) -> tuple[float, float]:
+    """One revision 2 echo request (``ivhw.sw.echo2.request2``); (ring time, reply seen time)."""
+    from ivhw.sw import echo2
+
+    reply = echo2.request2(host, target, payload, timeout=30)
+    end = time.perf_counter()
+    if reply.payload != echo2.invert(payload):
+        raise RuntimeError("wrong echo reply")
+    return end - reply.rtt, end
+
+
+def _wait_ready(host: Any, device: Any, target: int) -> None:
+    """Until the revision 2 echo device's State Table entry is READY."""
+    from ivhw.sw import echo2
+
+    deadline = time.monotonic() + 120
+    while host.state_of(target) != echo2.READY:
+        if device.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the revision 2 echo device is not READY:\n{device.output()}")
+        host.poll(0.05)
+
+
 def _wait_joined(host: Any, device: Any, what: str) -> int:
     from ivhw.sw.peer import PeerJoined
 
@@ -190,10 +214,11 @@ def _wait_joined(host: Any, device: Any, what: str) -> int:
 
 
 def _run_sim(target: Target, requests: int, idle: float, gap: float, tmp: Path) -> dict[str, Any]:
-    from ivhw.cosim.build import build
+    from ivhw.cosim.build import Revision2, build
     from ivhw.cosim.process import CosimProcess
     from ivhw.sw.peer import Peer
     from ivhw.sw.server import IvshmemServer
+    from ivhw.sw.server2 import Ivshmem2Server
 
     sim, engine, device_kind = target
     firmware = None
@@ -201,26 +226,40 @@ def _run_sim(target: Target, requests: int, idle: float, gap: float, tmp: Path) 
         from ivhw.cosim.build import build_root, soc_image
 
         firmware = soc_image("echo", _SHM_SIZE, [], build_root() / "firmware")
-    build(device_kind, sim, vectors=_VECTORS, shm_size=_SHM_SIZE, engine=engine, firmware=firmware)
     name = "-".join(target)
     sock = tmp / f"{name}.sock"
-    server = IvshmemServer(str(sock), shm_size=_SHM_SIZE, vectors=_VECTORS)
+    # pci2: the revision 2 endpoint (echo2 guest) with an ivshmem2-server of two peers
+    rev2 = device_kind == "pci2"
+    if rev2:
+        build("pci", sim, vectors=_VECTORS, shm_size=_SHM_SIZE, engine=engine,
+              revision2=Revision2(max_peers=2, output_section_size=4096))  # fmt: skip
+        server: IvshmemServer = Ivshmem2Server(
+            str(sock), shm_size=_SHM_SIZE, output_section_size=4096, vectors=_VECTORS
+        )
+    else:
+        build(device_kind, sim, vectors=_VECTORS, shm_size=_SHM_SIZE, engine=engine,
+              firmware=firmware)  # fmt: skip
+        server = IvshmemServer(str(sock), shm_size=_SHM_SIZE, vectors=_VECTORS)
     server.serve_in_background()
     device = None
     windows: dict[str, list[tuple[float, float]]] = {"back-to-back": [], "spaced": []}
     try:
         with Peer(str(sock), vectors=_VECTORS) as host:
             device = CosimProcess(
-                sock, tmp, name=name, sim=sim, engine=engine, device=device_kind,
+                sock, tmp, name=name, sim=sim, engine=engine,
+                device="pci" if rev2 else device_kind, revision=2 if rev2 else 1,
                 vectors=_VECTORS, shm_size=_SHM_SIZE,
             ).start()  # fmt: skip
             target_id = _wait_joined(host, device, name)
+            if rev2:
+                _wait_ready(host, device, target_id)
+            request = _request2 if rev2 else _request
             warmup = 5
             for mode, pause in (("back-to-back", 0.0), ("spaced", gap)):
                 for n in range(warmup + requests):
                     if pause:
                         time.sleep(pause)  # the device is asleep in epoll when the request comes
-                    window = _request(host, target_id, b"cosim round trip %04d" % n)
+                    window = request(host, target_id, b"cosim round trip %04d" % n)
                     if n >= warmup:
                         windows[mode].append(window)
             time.sleep(0.5)  # let the device settle into its idle wait
@@ -233,8 +272,13 @@ def _run_sim(target: Target, requests: int, idle: float, gap: float, tmp: Path) 
         if device.stop() != 0:
             raise RuntimeError(f"the {name} device failed:\n{device.output()}")
         stats = device.status()["stats"]
-        # the wake guest is a Python guest: not for a device that runs firmware
-        wake = [] if device_kind == "soc" else _wake(target, sock, tmp, max(requests // 2, 20), gap)
+        # the wake guest is a Python guest: not for a device that runs firmware (and measured
+        # on revision 1 only: the path from an eventfd to the guest is the same)
+        wake = (
+            []
+            if device_kind in ("soc", "pci2")
+            else _wake(target, sock, tmp, max(requests // 2, 20), gap)
+        )
     finally:
         if device is not None:
             device.stop()
@@ -348,7 +392,10 @@ def main(argv: list[str] | None = None) -> int:
         "--engines", default="native,cocotb", help="comma-separated engines (native: Verilator)"
     )
     parser.add_argument(
-        "--devices", default="flat,pci,soc", help="comma-separated device kinds (soc: Verilator)"
+        "--devices",
+        default="flat,pci,pci2,soc",
+        help="comma-separated device kinds (pci2: the revision 2 endpoint with an "
+        "ivshmem2-server; soc: Verilator)",
     )
     parser.add_argument(
         "--gap", type=float, default=0.005, help="seconds between spaced requests (default 0.005)"
@@ -408,7 +455,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{ratio:.1f}x {'ok' if ok_overhead else 'MISSED'} | {cold_ratio:.1f}x |"
             )
         ok_idle = result["idle_cpu"] < IDLE_TARGET
-        if kind == "soc":
+        if kind == "pci2":
+            ok_wake, wake = True, "(see pci: the same path)"
+        elif kind == "soc":
             ok_wake, wake = True, "(firmware: no Python guest)"
             soc_ok = result["modes"]["spaced"]["rtt"] < SOC_RTT_TARGET_US
             failed |= native and not soc_ok
