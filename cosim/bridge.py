@@ -55,6 +55,7 @@ from cocotb.triggers import RisingEdge
 
 from ..sw.peer import Doorbell, Peer, PeerLeft, ServerGone
 from ..sw.regmap import DOORBELL, MAX_VECTORS
+from .build import REV2_COUNTERS
 from .guest_api import BusError, Guest, GuestFunction
 from .pci import TransactionError, TransactionPort, enumerate_endpoint, msi_vector
 from .session import (
@@ -383,6 +384,10 @@ class Bridge:
             if outcome is not None:
                 status, message = outcome
                 break
+        if self.config.revision2 is not None:
+            self.stats["device"] = {
+                name: int(getattr(self.dut, name).value) for name in REV2_COUNTERS
+            }
         self._close_waiter()
         self._close_memory()
         peer.close()

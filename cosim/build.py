@@ -31,6 +31,7 @@ __all__ = [
     "DEVICES",
     "ENGINES",
     "NATIVE_LIBRARY",
+    "REV2_COUNTERS",
     "SIMULATORS",
     "Build",
     "DeviceKind",
@@ -242,8 +243,19 @@ def runner_for(sim: str) -> object:
     return get_runner(sim)
 
 
+#: The revision 2 endpoint's counter ports that the status file reports (``stats["device"]``).
+REV2_COUNTERS = (
+    "doorbell_bad_peer", "doorbell_bad_vector", "bad_access", "events_dropped",
+    "protected_writes",
+)  # fmt: skip
+
+
 def device_header(
-    bus: str, uart_cycles_per_bit: int = 0, sleeping: bool = False, intx: bool = False
+    bus: str,
+    uart_cycles_per_bit: int = 0,
+    sleeping: bool = False,
+    intx: bool = False,
+    counters: tuple[str, ...] = (),
 ) -> str:
     """``ivhw_device.h`` of the native engine: the device's bus and every field position.
 
@@ -281,17 +293,24 @@ def device_header(
         lines.append("#define IVHW_HAS_SLEEPING 1")
     if intx:  # a PCI function whose interrupt is its INTx pulse, not an MSI-X message
         lines.append("#define IVHW_IRQ_INTX 1")
+    if counters:  # the device's counter ports, in this order (ivhw_device_counters)
+        lines.append(f"#define IVHW_COUNTER_PORTS {len(counters)}")
+        lines.append("#define IVHW_COUNTERS(X) " + " ".join(f"X({name})" for name in counters))
     return "\n".join(lines) + "\n"
 
 
 def _native_compiler(
-    kind: DeviceKind, waves: bool, intx: bool = False
+    kind: DeviceKind, waves: bool, revision2: Revision2 | None = None
 ) -> Callable[[Path, Path, Any], None]:
     """Verilate the device with the engine into ``libivhw_engine.so`` (position-independent)."""
 
     def compile(scratch: Path, source: Path, log: Any) -> None:
         verilator = os.path.abspath(shutil.which("verilator") or "verilator")
-        header = device_header(kind.bus, kind.uart_cycles_per_bit, kind.sleeping, intx)
+        header = device_header(
+            kind.bus, kind.uart_cycles_per_bit, kind.sleeping,
+            intx=revision2 is not None and revision2.interrupts == "intx",
+            counters=REV2_COUNTERS if revision2 is not None else (),
+        )  # fmt: skip
         (scratch / "ivhw_device.h").write_text(header)
         shutil.copy(_ENGINE_SOURCE, scratch / "engine.cpp")
         command = [
@@ -397,10 +416,7 @@ def build(
 
     build_once(
         convert, simulator=sim, toplevel=kind.toplevel, build_dir=build_dir, waves=waves,
-        compile=(
-            _native_compiler(kind, waves, revision2 is not None and revision2.interrupts == "intx")
-            if engine == "native" else None
-        ),
+        compile=_native_compiler(kind, waves, revision2) if engine == "native" else None,
     )  # fmt: skip
     return Build(
         device, sim, vectors, shm_size, waves, build_dir, kind.toplevel,

@@ -731,6 +731,22 @@ void ivhw_drain(void* handle) {
     for (uint64_t i = 0; i < UNSIGNALLED_GRACE && e->quiet < QUIET_CYCLES; i++) e->cycle();
 }
 
+// the device's counter ports (revision 2 builds: the order of IVHW_COUNTERS); how many
+int ivhw_device_counters(void* handle, uint64_t* out) {
+#if defined(IVHW_COUNTERS)
+    Vtop* t = static_cast<Engine*>(handle)->top;
+    int n = 0;
+#define IVHW_READ_COUNTER(name) out[n++] = t->name;
+    IVHW_COUNTERS(IVHW_READ_COUNTER)
+#undef IVHW_READ_COUNTER
+    return n;
+#else
+    (void)handle;
+    (void)out;
+    return 0;
+#endif
+}
+
 uint32_t ivhw_take_flags(void* handle) {
     Engine* e = static_cast<Engine*>(handle);
     uint32_t flags = e->flags;

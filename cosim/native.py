@@ -38,6 +38,7 @@ from typing import Any
 from ..hdl.pci.tlp import ReqKind
 from ..sw.peer import Doorbell, Peer, PeerLeft, ServerGone
 from ..sw.regmap import MAX_VECTORS
+from .build import REV2_COUNTERS
 from .guest_api import BusError, Guest, GuestFunction
 from .pci import TransactionError, enumerate_endpoint
 from .session import (
@@ -108,6 +109,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "ivhw_push_event": (None, [p, u32, u64]),
         "ivhw_reset": (None, [p]),
         "ivhw_take_flags": (u32, [p]),
+        "ivhw_device_counters": (i, [p, pu64]),
         "ivhw_drain": (None, [p]),
         "ivhw_write": (i, [p, u64, u32, u32, pu64]),
         "ivhw_read": (i, [p, u64, pu64]),
@@ -263,6 +265,12 @@ class Engine:
     def run_cycles(self, count: int) -> int:
         """``count`` cycles with the whole transport, whatever the device does meanwhile."""
         return int(self._lib.ivhw_cycles(self._handle, count))
+
+    def device_counters(self, names: tuple[str, ...]) -> dict[str, int]:
+        """The device's counter ports ``names`` (the build's order), as they read now."""
+        values = (ctypes.c_uint64 * max(1, len(names)))()
+        count = self._lib.ivhw_device_counters(self._handle, values)
+        return {name: int(values[n]) & 0xFFFF_FFFF for n, name in enumerate(names[:count])}
 
     @property
     def cycles(self) -> int:
@@ -532,6 +540,8 @@ def main() -> int:
         )  # fmt: skip
         raise
     stats = bridge.engine.statistics()
+    if config.revision2 is not None:
+        stats["device"] = bridge.engine.device_counters(REV2_COUNTERS)
     write_status(
         config.status_file, status, message, stats=stats, cycles=bridge.cycles, peer=bridge.peer
     )

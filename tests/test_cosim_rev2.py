@@ -248,6 +248,10 @@ def test_state_peer_gone_and_write_protection(
     # state 7 to a and b, state 9 to a; the ring to the departed b never left the device
     assert stats["doorbells"] == 3, stats
     assert stats["events_by_vector"].get("0", 0) >= 2, stats  # a's state, b's departure
+    # the defined response to the writes the device refused: dropped and counted, one per
+    # word (the State Table entry, a's output section: 3 words, b's entry)
+    assert stats["device"]["protected_writes"] == 1 + 3 + 1, stats
+    assert stats["device"]["doorbell_bad_peer"] == 1, stats  # the ring to the departed b
 
 
 # -- bad input ---------------------------------------------------------------------------------
