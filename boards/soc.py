@@ -154,27 +154,27 @@ events_dropped
             # the acknowledge and read-data paths into the CPU (see docs/soc.md, "Bus").
             selected = Signal(name=f"selected_{reg_map.name.lower()}")
             if reg_map is FLAT:
-                # The Wishbone front-end gates its ack/err with its strobe, so the strobe
-                # itself is registered: one wait state on the device's accesses.
-                request = bus.cyc & bus.stb & hit & ~wb.ack & ~wb.err
-                m.d.sync += selected.eq(request)
-                strobe = selected
+                # The Wishbone front-end gates its ack/err with its strobe, so the request
+                # itself is registered: the device sees the CPU's strobe a cycle later, held
+                # until its ack/err (sentinel-cpu never abandons a cycle), and its answer
+                # comes from registers only. One wait state on the device's accesses.
+                m.d.sync += selected.eq(bus.cyc & bus.stb & hit & ~wb.ack & ~wb.err)
+                m.d.comb += [wb.cyc.eq(selected), wb.stb.eq(selected)]
             else:
-                # RAM, UART and SYS acknowledge a cycle after their strobe at the earliest
-                # and the CPU holds the address until then: the address's own select of a
-                # cycle ago is the one that answers, at no cost in cycles.
+                # RAM, UART and SYS acknowledge (a register) a cycle after their strobe at
+                # the earliest and the CPU holds the address until then: the address's
+                # select of a cycle ago is the one that answers, at no cost in cycles.
                 m.d.sync += selected.eq(hit)
-                strobe = hit
+                m.d.comb += [wb.cyc.eq(bus.cyc & hit), wb.stb.eq(bus.stb & hit)]
             m.d.comb += [
-                wb.cyc.eq(bus.cyc & strobe),
-                wb.stb.eq(bus.stb & strobe),
                 wb.we.eq(bus.we),
                 wb.adr.eq(bus.adr[: len(wb.adr)]),
                 wb.dat_w.eq(bus.dat_w),
                 wb.sel.eq(bus.sel),
             ]
-            # one-hot selects: an AND-OR multiplexer, no priority chain
-            acks.append(selected & (wb.ack | wb.err))
+            # every slave acknowledges only its own strobe; the read data is an AND-OR
+            # multiplexer on the one-hot selects (no priority chain)
+            acks.append(wb.ack | wb.err)
             reads.append((selected & ~wb.err).replicate(32) & wb.dat_r)
         # nothing mapped: acknowledged, reads 0
         unmapped = Signal()
