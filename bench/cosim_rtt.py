@@ -54,15 +54,19 @@ _ROOT = Path(__file__).resolve().parent.parent
 _VECTORS = 1
 _SHM_SIZE = 1 << 20
 _CLK_TICK = os.sysconf("SC_CLK_TCK")
+_ONE = (1).to_bytes(8, "little")
 
 
-def _raw_rtt(count: int, hold: float = 0.0, gap: float = 0.0) -> list[float]:
-    """Round trips of a two-process eventfd ping-pong, both sides waiting in epoll.
+def _raw_rtt(count: int, hold: float = 0.0, gap: float = 0.0) -> tuple[list[float], list[float]]:
+    """Round trips of a two-process eventfd ping-pong, both sides waiting in epoll, and
+    the one-way wakes in them (ring -> the echoing side's epoll returned).
 
     With ``hold``, the echoing side sleeps that long before answering (as the
     simulator computes before it rings back) and the time it held is subtracted;
     with ``gap``, the pinging side sleeps between round trips. Both make every wake
-    a cold one, as in the bridge's round trips, where each side has slept.
+    a cold one, as in the bridge's round trips, where each side has slept; the
+    one-way wakes are then wakes of a process asleep in epoll, as the simulator is
+    when a ring comes while its device is idle.
     """
     ping, pong = os.eventfd(0), os.eventfd(0)
     report_r, report_w = os.pipe()
@@ -72,39 +76,45 @@ def _raw_rtt(count: int, hold: float = 0.0, gap: float = 0.0) -> list[float]:
             os.close(report_r)
             epoll = select.epoll()
             epoll.register(ping, select.EPOLLIN)
-            held = []
+            held, woken = [], []
             for _ in range(count + 1):
                 epoll.poll()
-                os.read(ping, 8)
                 woke = time.perf_counter()
+                os.read(ping, 8)
                 if hold:
                     time.sleep(hold)
                 wrote = time.perf_counter()
-                os.write(pong, (1).to_bytes(8, "little"))
+                os.write(pong, _ONE)
                 held.append(wrote - woke)
+                woken.append(woke)
             with os.fdopen(report_w, "w") as report:
-                report.write(" ".join(map(repr, held)))
+                report.write(" ".join(map(repr, held + woken)))
         finally:
             os._exit(0)
     os.close(report_w)
     epoll = select.epoll()
     epoll.register(pong, select.EPOLLIN)
-    rtts = []
+    rtts, starts = [], []
     for _ in range(count + 1):
         if gap:
             time.sleep(gap)
         start = time.perf_counter()
-        os.write(ping, (1).to_bytes(8, "little"))
+        os.write(ping, _ONE)
         epoll.poll()
         os.read(pong, 8)
         rtts.append(time.perf_counter() - start)
+        starts.append(start)
     with os.fdopen(report_r) as report:
-        held = [float(x) for x in report.read().split()]
+        reported = [float(x) for x in report.read().split()]
+    held, woken = reported[: count + 1], reported[count + 1 :]
     os.waitpid(child, 0)
     os.close(ping)
     os.close(pong)
     # the first round trip wakes a cold child
-    return [rtt - h for rtt, h in zip(rtts[1:], held[1:], strict=True)]
+    return (
+        [rtt - h for rtt, h in zip(rtts[1:], held[1:], strict=True)],
+        [w - s for s, w in zip(starts[1:], woken[1:], strict=True)],
+    )
 
 
 def _request(host: object, target: int, payload: bytes) -> tuple[float, float]:
@@ -274,11 +284,10 @@ def _run_sim(target: Target, requests: int, idle: float, gap: float, tmp: Path) 
         stats = device.status()["stats"]
         # the wake guest is a Python guest: not for a device that runs firmware (and measured
         # on revision 1 only: the path from an eventfd to the guest is the same)
-        wake = (
-            []
-            if device_kind in ("soc", "pci2")
+        wake, wake_path = (
+            ([], {}) if device_kind in ("soc", "pci2")
             else _wake(target, sock, tmp, max(requests // 2, 20), gap)
-        )
+        )  # fmt: skip
     finally:
         if device is not None:
             device.stop()
@@ -287,12 +296,15 @@ def _run_sim(target: Target, requests: int, idle: float, gap: float, tmp: Path) 
         "modes": {mode: _breakdown(w, stats) for mode, w in windows.items()},
         "wake_us": _median_us(wake) if wake else None,
         "wake_p90_us": _p90_us(wake) if wake else None,
+        "wake_path": wake_path,
         "idle_cpu": idle_cpu,
         "blocks": stats["blocks"],
     }
 
 
-def _wake(target: Target, sock: Path, tmp: Path, count: int, gap: float) -> list[float]:
+def _wake(
+    target: Target, sock: Path, tmp: Path, count: int, gap: float
+) -> tuple[list[float], dict[str, float]]:
     """Ring -> interrupt seen by a Python guest, with the device asleep in epoll each time."""
     from ivhw.cosim.process import CosimProcess
     from ivhw.sw.peer import Doorbell, Peer
@@ -310,12 +322,21 @@ def _wake(target: Target, sock: Path, tmp: Path, count: int, gap: float) -> list
         try:
             target_id = _wait_joined(host, device, "wake")
             host.wait(Doorbell, timeout=120)  # the guest is ready
+            # the ringing side is the raw baseline's pinging side, line for line (what the
+            # waker does right after its write delays a wakee the scheduler put on its CPU)
+            doorbell, reply = host.eventfds(target_id)[0], host.eventfds(host.id)[0]
+            epoll = select.epoll()
+            epoll.register(reply, select.EPOLLIN)
             rings = []
             for _ in range(count):
                 time.sleep(gap)  # the device is asleep in epoll again
-                rings.append(time.perf_counter())
-                host.ring(target_id, 0)
-                host.wait(Doorbell, timeout=30)  # seen
+                start = time.perf_counter()
+                os.write(doorbell, _ONE)
+                if not epoll.poll(30):  # seen
+                    raise RuntimeError(f"the wake guest did not answer:\n{device.output()}")
+                os.read(reply, 8)
+                rings.append(start)
+            epoll.close()
             if device.wait(60) != 0:
                 raise RuntimeError(f"the wake guest failed:\n{device.output()}")
         finally:
@@ -323,7 +344,40 @@ def _wake(target: Target, sock: Path, tmp: Path, count: int, gap: float) -> list
     seen = json.loads(out.read_text())
     if len(seen) != count:
         raise RuntimeError(f"the wake guest saw {len(seen)} of {count} interrupts")
-    return [b - a for a, b in zip(rings, seen, strict=True)]
+    wakes = device.status()["stats"].get("wakes", [])
+    return [b - a for a, b in zip(rings, seen, strict=True)], _wake_path(rings, seen, wakes)
+
+
+#: the legs of one wake, host ring -> guest: (name, from, to) as indices into
+#: (ring, woke, read, irq, returned, seen); woke is when the engine's epoll_wait returned
+_WAKE_LEGS = (
+    ("ring -> epoll returns", 0, 1),
+    ("-> eventfd read", 1, 2),
+    ("-> interrupt (cycles)", 2, 3),
+    ("-> engine returns", 3, 4),
+    ("-> guest sees it", 4, 5),
+)
+
+
+def _wake_path(rings: list[float], seen: list[float], wakes: list[Any]) -> dict[str, float]:
+    """Median microseconds of each leg of the wakes the engine traced (native engine)."""
+    legs: dict[str, list[float]] = {name: [] for name, _, _ in _WAKE_LEGS}
+    cycles = []
+    for ring, guest in zip(rings, seen, strict=True):
+        inside = [w for w in wakes if w[0] >= 0 and ring <= w[1] <= guest and w[4] >= 0]
+        if len(inside) != 1:
+            continue
+        _, woke, read, irq, back, count = inside[0]
+        stamps = (ring, woke, read, irq, back, guest)
+        for name, a, b in _WAKE_LEGS:
+            legs[name].append(stamps[b] - stamps[a])
+        cycles.append(count)
+    if not cycles:
+        return {}
+    path = {name: _median_us(values) for name, values in legs.items()}
+    path["cycles"] = statistics.median(cycles)
+    path["samples"] = len(cycles)
+    return path
 
 
 def _qemu_rtt(requests: int, gap: float, tmp: Path) -> dict[str, float] | None:
@@ -417,13 +471,15 @@ def main(argv: list[str] | None = None) -> int:
         if (engine == "cocotb" or sim == "verilator") and (device != "soc" or sim == "verilator")
     ]
 
-    raw = _raw_rtt(max(requests * 5, 200))
+    raw, _ = _raw_rtt(max(requests * 5, 200))
     raw_us = _median_us(raw)
-    cold = _raw_rtt(requests, hold=0.002, gap=gap)
-    cold_us = _median_us(cold)
+    cold, one_way = _raw_rtt(requests, hold=0.002, gap=gap)
+    cold_us, one_way_us = _median_us(cold), _median_us(one_way)
     print(f"raw eventfd round trip (2 processes, epoll): hot median {raw_us:.1f} us "
           f"(p90 {_p90_us(raw):.1f}); cold (2 ms hold, {gap * 1e3:g} ms gap) median "
-          f"{cold_us:.1f} us (p90 {_p90_us(cold):.1f})", flush=True)  # fmt: skip
+          f"{cold_us:.1f} us (p90 {_p90_us(cold):.1f}); one-way wake of a process asleep "
+          f"in epoll median {one_way_us:.1f} us (p90 {_p90_us(one_way):.1f})",
+          flush=True)  # fmt: skip
     failed = False
     rows, wake_rows = [], []
     results: dict[Target, dict[str, Any]] = {}

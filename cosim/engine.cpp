@@ -126,8 +126,13 @@ struct ivhw_stats {
     uint64_t msix[MAX_VECTORS];
     uint64_t wake_to_ring_count;
     uint64_t wake_to_irq_count;
+    uint64_t wakes_count;
     double wake_to_ring[MAX_SAMPLES][4];  // seconds, cycles, wake time, ring time
     double wake_to_irq[MAX_SAMPLES][2];   // seconds, cycles
+    // the path of one wake from epoll to the guest, monotonic seconds: went to sleep,
+    // epoll_wait returned, eventfd read, interrupt sampled, returned to the guest (-1:
+    // not yet, or no guest waiting), and the cycles from the read to the interrupt
+    double wakes[MAX_SAMPLES][6];
 };
 
 }  // extern "C"
@@ -161,6 +166,8 @@ struct Engine {
     uint64_t quiet = 0, unsignalled = 0, irqs = 0;
     double wake_time = -1, irq_mark = -1;
     uint64_t wake_cycle = 0, irq_mark_cycle = 0;
+    double slept = -1, woke = -1;  // the last sleep in epoll: when it began and ended
+    double* wake_trace = nullptr;  // the wakes sample of the interrupt that is due
 
     ivhw_stats* stats = nullptr;
 
@@ -227,11 +234,22 @@ struct Engine {
         counter(C_EVENTS)++;
         if (vector < uint32_t(MAX_VECTORS)) stats->events_by_vector[vector]++;
         counter(C_COALESCED) += count - 1;
+        double now = -1;
         if (wake_time < 0) {
-            wake_time = monotonic();
+            wake_time = now = monotonic();
             wake_cycle = counter(C_CYCLES);
             irq_mark = wake_time;
             irq_mark_cycle = wake_cycle;
+        }
+        if (!wake_trace && stats->wakes_count < MAX_SAMPLES) {
+            if (now < 0) now = monotonic();
+            double* w = wake_trace = stats->wakes[stats->wakes_count++];
+            bool asleep = woke >= 0;  // this poll was a sleep in epoll
+            w[0] = asleep ? slept : -1;
+            w[1] = asleep ? woke : now;
+            w[2] = now;
+            w[3] = w[4] = -1;
+            w[5] = double(counter(C_CYCLES));  // until the interrupt: its cycle count
         }
     }
 
@@ -243,6 +261,7 @@ struct Engine {
         int n = epoll_wait(epoll_fd, ready, 72, timeout_ms);
         if (signalled) flags |= F_STOP;
         if (n <= 0) return;
+        if (slept >= 0) woke = monotonic();
         for (int i = 0; i < n; i++) {
             uint32_t tag = ready[i].data.u32;
             if (tag == TAG_STOP) {
@@ -276,8 +295,11 @@ struct Engine {
             timeout_ms = left <= 0 ? 0 : int(left * 1000.0) + 1;
         }
         counter(C_BLOCKS)++;
+        slept = began;
         poll(timeout_ms);
-        stats->blocked_seconds += monotonic() - began;
+        double ended = monotonic();
+        stats->blocked_seconds += ended - began;
+        slept = woke = -1;
         check_limit();
     }
 
@@ -312,6 +334,8 @@ struct Engine {
             }
             wake_time = -1;
         }
+        // a device whose interrupt stays inside (a CPU) answered before anyone saw one
+        if (wake_trace && wake_trace[3] < 0 && !guest_waiting) wake_trace = nullptr;
     }
 
     bool msi_taken() {
@@ -442,13 +466,19 @@ struct Engine {
                 irqs++;
                 counter(C_IRQS)++;
                 if (irq_mark >= 0) {
+                    double now = monotonic();
                     uint64_t n = stats->wake_to_irq_count;
                     if (n < MAX_SAMPLES) {
-                        stats->wake_to_irq[n][0] = monotonic() - irq_mark;
+                        stats->wake_to_irq[n][0] = now - irq_mark;
                         stats->wake_to_irq[n][1] = double(cycle - irq_mark_cycle);
                         stats->wake_to_irq_count = n + 1;
                     }
                     irq_mark = -1;
+                }
+                if (wake_trace && wake_trace[3] < 0) {
+                    wake_trace[3] = monotonic();
+                    wake_trace[5] = double(cycle) - wake_trace[5];
+                    if (!guest_waiting) wake_trace = nullptr;  // nobody to return to
                 }
             }
         }
@@ -778,7 +808,11 @@ int ivhw_request(void* handle, int kind, uint64_t addr, uint32_t be, uint32_t da
 }
 
 // Wait for the device's interrupt: run cycles while it drains, sleep while it is idle.
-// Returns the interrupts counted (0: timed out, or returned early with a flag set).
+// Returns the interrupts counted (0: timed out, or returned early with a flag set) times
+// WAIT_FLAGS, plus the flags, taken: after a wake Python runs cold (every line it has not
+// run lately costs microseconds here), so the wake path is this one call.
+constexpr uint64_t WAIT_FLAGS = 16;
+
 uint64_t ivhw_wait_irq(void* handle, double deadline) {
     Engine* e = static_cast<Engine*>(handle);
     e->guest_waiting = true;
@@ -799,7 +833,13 @@ uint64_t ivhw_wait_irq(void* handle, double deadline) {
     if (e->irqs) e->poll(0);
     uint64_t count = e->irqs;
     e->irqs = 0;
-    return count;
+    uint32_t flags = e->flags;
+    e->flags = 0;
+    if (count && e->wake_trace) {
+        e->wake_trace[4] = monotonic();
+        e->wake_trace = nullptr;
+    }
+    return count * WAIT_FLAGS + flags;
 }
 
 // Run with no guest (or a firmware-driven device) until a flag is raised or `deadline`.

@@ -62,6 +62,7 @@ __all__ = ["COUNTERS", "Engine", "NativeBridge", "main", "run_coroutine"]
 
 # flags a call leaves (engine.cpp)
 F_STOP, F_MEMBER, F_LIMIT, F_TIMEOUT = 1, 2, 4, 8
+_WAIT_FLAGS = 16  # ivhw_wait_irq: interrupts x 16 + flags
 _BUS_OK, _BUS_ERROR, _BUS_ABORTED, _FLAGGED = 0, 1, 2, 16
 #: The engine's counters, in its order (``ivhw_stats.counter``).
 COUNTERS = (
@@ -81,8 +82,10 @@ class _Stats(ctypes.Structure):
         ("msix", ctypes.c_uint64 * MAX_VECTORS),
         ("wake_to_ring_count", ctypes.c_uint64),
         ("wake_to_irq_count", ctypes.c_uint64),
+        ("wakes_count", ctypes.c_uint64),
         ("wake_to_ring", (ctypes.c_double * 4) * _MAX_SAMPLES),
         ("wake_to_irq", (ctypes.c_double * 2) * _MAX_SAMPLES),
+        ("wakes", (ctypes.c_double * 6) * _MAX_SAMPLES),
     ]
 
 
@@ -154,6 +157,7 @@ class Engine:
         self._stats = lib.ivhw_stats_of(self._handle).contents
         self._out = ctypes.c_uint64()
         self._out_ref = ctypes.byref(self._out)
+        self._wait = lib.ivhw_wait_irq
         self._keep: list[Any] = []
 
     def close(self) -> None:
@@ -240,9 +244,11 @@ class Engine:
         status = self._lib.ivhw_request(self._handle, kind, addr, be, data, self._out_ref)
         return status, self._out.value
 
-    def wait_irq(self, deadline: float | None) -> int:
-        """Interrupts seen (0: ``deadline`` passed or a flag ended the wait)."""
-        return int(self._lib.ivhw_wait_irq(self._handle, 0.0 if deadline is None else deadline))
+    def wait_irq(self, deadline: float | None) -> tuple[int, int]:
+        """(interrupts seen, flags taken): 0 interrupts when ``deadline`` passed or a flag
+        ended the wait. One call, since it is the path of a wake (Python runs cold then)."""
+        result = self._wait(self._handle, 0.0 if deadline is None else deadline)
+        return divmod(result, _WAIT_FLAGS)
 
     def run(self, deadline: float | None = None) -> None:
         """Run with no guest until a flag or ``deadline`` (monotonic seconds)."""
@@ -288,6 +294,8 @@ class Engine:
         ring = s.wake_to_ring[: s.wake_to_ring_count]
         stats["wake_to_ring"] = [(r[0], int(r[1]), r[2], r[3]) for r in ring]
         stats["wake_to_irq"] = [(r[0], int(r[1])) for r in s.wake_to_irq[: s.wake_to_irq_count]]
+        # native only: each wake's path, epoll -> eventfd read -> interrupt -> guest
+        stats["wakes"] = [(*r[:5], int(r[5])) for r in s.wakes[: s.wakes_count]]
         lines = self._lib.ivhw_console_count(self._handle)
         if lines:  # a device with a UART: what its firmware printed
             stats["console"] = [
@@ -396,8 +404,7 @@ class NativeBridge:
         deadline = None if timeout is None else time.monotonic() + max(timeout, 1e-9)
         engine = self.engine
         while True:
-            count = engine.wait_irq(deadline)
-            flags = engine.take_flags()
+            count, flags = engine.wait_irq(deadline)
             if flags & ~F_TIMEOUT:
                 self.handle(flags)
             if count or flags & F_TIMEOUT:
