@@ -555,6 +555,18 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|")
     for row in wake_rows:
         print(row)
+    paths = {target: r["wake_path"] for target, r in results.items() if r.get("wake_path")}
+    if paths:
+        print()
+        print(f"where a wake goes (native engine, medians; raw one-way wake of a process asleep "
+              f"in epoll, same ringer: {one_way_us:.1f} us)")  # fmt: skip
+        print()
+        names = [name for name, _, _ in _WAKE_LEGS]
+        print(f"| sim engine device | {' | '.join(names)} | cycles |")
+        print("|---|" + "---:|" * (len(names) + 1))
+        for target, path in paths.items():
+            legs = " | ".join(f"{path[name]:.1f}" for name in names)
+            print(f"| {' '.join(target)} | {legs} | {path['cycles']:.0f} |")
     return 1 if failed else 0
 
 
