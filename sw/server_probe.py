@@ -22,6 +22,7 @@ from .protocol import (
     EVENT_FD2,
     INIT2,
     MSG2_EVENT_FD,
+    MSG2_HEADER,
     MSG2_INIT,
     MSG2_PEER_GONE,
     PEER_GONE2,
@@ -157,6 +158,11 @@ class RawClient2(RawClient):
 
     def recv2(self) -> tuple[int, tuple[int, ...], list[int]] | None:
         """Next message as ``(type, fields, fds)``, or ``None`` at end of stream."""
+        message = self.recv_sized2()
+        return None if message is None else message[1:]
+
+    def recv_sized2(self) -> tuple[int, int, tuple[int, ...], list[int]] | None:
+        """Next message as ``(len, type, fields, fds)``, ``len`` as the header gave it."""
         message = recv_frame(self.sock)
         if message is None:
             return None
@@ -165,7 +171,7 @@ class RawClient2(RawClient):
         layout = _BODIES.get(kind)
         if layout is None or len(body) < layout.size:
             raise AssertionError(f"malformed message: type {kind}, {len(body)} body bytes")
-        return kind, layout.unpack_from(body), fds
+        return MSG2_HEADER.size + len(body), kind, layout.unpack_from(body), fds
 
     def recv_n2(self, count: int) -> list[Frame]:
         """The next ``count`` messages as :data:`Frame`; EOF is an error."""
@@ -420,6 +426,10 @@ class ServerProcess:
         A command that runs the server (e.g. ``setpriv ...``).
     module:
         The server module to run (``ivhw.sw.server2`` for revision 2).
+    command:
+        Run this program instead of ``module`` (e.g. another implementation's
+        binary); it counts as ready once its socket exists, since it need not
+        log the way ours do.
     """
 
     def __init__(
@@ -431,16 +441,16 @@ class ServerProcess:
         timeout: float = 10.0,
         prefix: Sequence[str] = (),
         module: str = "ivhw.sw.server",
+        command: Sequence[str] | None = None,
     ) -> None:
         self.socket_path = os.fspath(socket_path)
+        program = [sys.executable, "-m", module] if command is None else list(command)
         self.log_path = Path(log_path)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [
                     *prefix,
-                    sys.executable,
-                    "-m",
-                    module,
+                    *program,
                     "-F",
                     "-S",
                     self.socket_path,
@@ -452,7 +462,11 @@ class ServerProcess:
                 preexec_fn=preexec_fn,  # type: ignore[arg-type]
             )
         deadline = time.monotonic() + timeout
-        while "listening on" not in self.log():
+        while not (
+            os.path.exists(self.socket_path)
+            if command is not None
+            else "listening on" in self.log()
+        ):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"server did not start: {self.log()}")
