@@ -20,7 +20,11 @@ device (through qtest) sending the same echo requests to a host echo peer.
 Then the device is left idle (the guest waits for an interrupt) and the CPU
 time of the simulator process and of the CLI over a few seconds is measured;
 and a guest that only waits for interrupts records when each ring reached it
-(wake latency, the device asleep in ``epoll`` at every ring).
+(wake latency, the device asleep in ``epoll`` at every ring), rung by the same
+code as the raw round trip's pinging side, beside the one-way raw wake (a process
+asleep in ``epoll``); on the native engine each wake is split into legs from the
+engine's trace (``wakes``): the kernel's wake, the eventfd read, the cycles to
+the interrupt, the engine's return, the guest's Python.
 
 Targets for the native engine: round trip (Python echo guest) under a tenth of
 the cocotb engine's on the same simulator and device; the SoC tile's echo
