@@ -116,6 +116,7 @@ class Recording:
     """What each client of one scenario run received, in order, one line per message."""
 
     lines: list[str] = field(default_factory=list)
+    ended: set[str] = field(default_factory=set)  # labels whose stream ended
 
     def drain(self, label: str, client: RawClient2, idle: float = IDLE) -> int:
         """Read what ``client`` gets until ``idle`` seconds pass without a message."""
@@ -130,6 +131,7 @@ class Recording:
                 message = None
             if message is None:
                 self.lines.append(f"{label}: EOF")
+                self.ended.add(label)
                 return count
             length, kind, fields, fds = message
             self.lines.append(f"{label}: {format_message(length, kind, fields, len(fds))}")
@@ -146,26 +148,29 @@ class Recording:
 Scenario = Callable[[ServerProcess, Recording], None]
 
 
-def _join_leave_rejoin(peers: int) -> Scenario:
-    """``peers`` clients join one after another; the second leaves; one joins again."""
+def script(*steps: str) -> Scenario:
+    """A scenario of steps ``"join X"``, ``"leave X"``, ``"speak X"`` (X sends a byte).
+
+    After each step every connected client is drained, in the order they joined.
+    """
 
     def run(server: ServerProcess, rec: Recording) -> None:
         clients: dict[str, RawClient2] = {}
         try:
-            for i in range(peers):
-                label = chr(ord("A") + i)
-                rec.note(f"{label} joins")
-                clients[label] = RawClient2(server.socket_path)
+            for step in steps:
+                action, label = step.split()
+                rec.note(step)
+                if action == "join":
+                    clients[label] = RawClient2(server.socket_path)
+                elif action == "leave":
+                    clients.pop(label).close()
+                elif action == "speak":
+                    clients[label].sock.sendall(b"\0")
+                else:
+                    raise ValueError(f"unknown step {step!r}")
                 for name, client in clients.items():
-                    rec.drain(name, client)
-            rec.note("B leaves")
-            clients.pop("B").close()
-            for name, client in clients.items():
-                rec.drain(name, client)
-            rec.note("Z joins")
-            clients["Z"] = RawClient2(server.socket_path)
-            for name, client in clients.items():
-                rec.drain(name, client)
+                    if name not in rec.ended:
+                        rec.drain(name, client)
         finally:
             for client in clients.values():
                 client.close()
@@ -173,13 +178,29 @@ def _join_leave_rejoin(peers: int) -> Scenario:
     return run
 
 
+def _join_leave_rejoin(peers: int) -> Scenario:
+    """``peers`` clients join one after another; the second leaves; one joins again."""
+    joins = [f"join {chr(ord('A') + i)}" for i in range(peers)]
+    return script(*joins, "leave B", "join Z")
+
+
+#: Scenarios whose sequences differ by a documented choice of ours, and why.
+DELIBERATE = {
+    "unaligned-output": "ours rounds output sections up to a page, as the specification "
+    "requires; the RFC's server passes any value on",
+}
+
+
 def _scenarios(args: argparse.Namespace) -> dict[str, tuple[list[str], Scenario]]:
     custom = ["-l", args.l, "-o", args.o, "-n", str(args.n), "-V", str(args.V), "-P", args.P]
+    holes = ("join A", "join B", "join C", "join D", "leave C", "leave A", "join Y", "join Z")
     return {
         "join3": (["-l", "1M", "-n", "4", "-V", "2"], _join_leave_rejoin(3)),
         "sections": (["-l", "1M", "-o", "64K", "-n", "3", "-P", "0x1234"], _join_leave_rejoin(3)),
         "virtio": (["-l", "64K", "-n", "2", "-V", "3", "-P", "0x8003"], _join_leave_rejoin(2)),
         "unaligned-output": (["-l", "1M", "-o", "1000", "-n", "2"], _join_leave_rejoin(2)),
+        "id-holes": (["-l", "1M", "-n", "4"], script(*holes)),
+        "client-speaks": (["-l", "1M", "-n", "3"], script("join A", "join B", "speak B", "join C")),
         "custom": (custom, _join_leave_rejoin(min(args.n, 3))),
     }
 
@@ -344,7 +365,10 @@ def _print_side_by_side(name: str, ours: list[str], theirs: list[str]) -> int:
     pairs = diff_lines(ours, theirs)
     differ = sum(d for _l, _r, d in pairs)
     width = max([len("ours"), *(len(left) for left, _r, _d in pairs)])
-    print(f"\n## {name}: {'same' if not differ else f'{differ} line(s) differ'}")
+    verdict = "same" if not differ else f"{differ} line(s) differ"
+    if differ and name in DELIBERATE:
+        verdict += f" (deliberate: {DELIBERATE[name]})"
+    print(f"\n## {name}: {verdict}")
     print(f"  {'ours':<{width}} | rfc")
     for left, right, d in pairs:
         print(f"{'!' if d else ' '} {left:<{width}} | {right}")
@@ -374,7 +398,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; exit status 1 if a message sequence differs."""
+    """Command-line entry point; exit status 1 if a sequence differs without a documented reason."""
     args = _parser().parse_args(argv)
     if args.rfc_server is None:
         # python -m bench runs every benchmark: without the other build there is nothing to do
@@ -389,14 +413,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         shm = ["-M", args.M] if args.M else ["-m", args.m or tmp]
         servers = Servers(rfc, Path(tmp), shm)
         scenarios = {k: v for k, v in _scenarios(args).items() if only is None or k in only}
-        differ = 0
+        differ = deliberate = 0
         for name, (ours, theirs) in run_scenarios(servers, scenarios).items():
-            differ += _print_side_by_side(name, ours, theirs) > 0
+            if _print_side_by_side(name, ours, theirs):
+                if name in DELIBERATE:
+                    deliberate += 1
+                else:
+                    differ += 1
         print("\n## weaknesses\n")
         print("| scenario | ours | rfc |\n|---|---|---|")
         for name, ours_o, theirs_o in run_weaknesses(servers, only):
             print(f"| {name} | {ours_o.detail} | {theirs_o.detail} |")
-    print(f"\n{differ} of {len(scenarios)} scenario(s) differ")
+    print(
+        f"\n{differ} of {len(scenarios)} scenario(s) differ"
+        f" ({deliberate} more differ by a documented choice)"
+    )
     return 1 if differ else 0
 
 
