@@ -305,21 +305,27 @@ def _late_reader(servers: Servers, side: str) -> Outcome:
 def _start_error(e: RuntimeError) -> str:
     """The last line a server that did not start logged."""
     lines = str(e).removeprefix("server did not start:").strip().splitlines()
+    # the RFC's server adds a banner on stdout (flushed last) and a pointer to -h
+    lines = [line for line in lines if not line.startswith(("*** ", "Try '"))]
     return lines[-1] if lines else "(nothing logged)"
 
 
-def _state_table_bound(servers: Servers, side: str) -> Outcome:
-    try:
-        with servers.start(side, ["-l", "1M", "-n", "2048"]) as server:
-            with RawClient2(server.socket_path) as a:
-                fields, _shm = a.init()
-            return Outcome(
-                _alive(server, 0),
-                f"started with -n 2048 (a 4 KiB State Table holds 1024); INIT max_peers="
-                f"{fields[3]}",
-            )
-    except RuntimeError as e:
-        return Outcome(True, f"refused at start-up: {_start_error(e)}")
+def _startup(options: Sequence[str]) -> Callable[[Servers, str], Outcome]:
+    """Start with ``options``: refused (its last log line), or what a client's INIT says."""
+
+    def probe(servers: Servers, side: str) -> Outcome:
+        try:
+            with servers.start(side, options) as server, RawClient2(server.socket_path) as a:
+                (_v, _c, peer, max_peers, vectors, protocol, output), _shm = a.init()
+                return Outcome(
+                    _alive(server, 0),
+                    f"started; INIT id={peer} max_peers={max_peers} vectors={vectors} "
+                    f"protocol={protocol:#x} output={output:#x}",
+                )
+        except RuntimeError as e:
+            return Outcome(True, f"refused at start-up: {_start_error(e)}")
+
+    return probe
 
 
 def _big_shm(servers: Servers, side: str, size: str, want: int) -> Outcome:
@@ -343,9 +349,14 @@ def _weaknesses() -> dict[str, Callable[[Servers, str], Outcome]]:
         "peer beyond max_peers": _beyond_max_peers,
         "client dies before its INIT": _dies_before_init,
         "late joiner, 5 peers x 64 vectors": _late_reader,
-        "-n beyond the State Table": _state_table_bound,
-        "-l 4G": lambda s, side: _big_shm(s, side, "4G", 4 << 30),
-        "-l 5G": lambda s, side: _big_shm(s, side, "5G", 5 << 30),
+        "max_peers 2048 (a one-page State Table holds 1024)": _startup(["-l", "1M", "-n", "2048"]),
+        "a layout that does not fit (-l 8K -o 4K)": _startup(["-l", "8K", "-o", "4K"]),
+        "no vectors (-V 0)": _startup(["-l", "64K", "-V", "0"]),
+        "65 vectors (-V 65)": _startup(["-l", "64K", "-V", "65"]),
+        "a 17-bit protocol (-P 0x10000)": _startup(["-l", "64K", "-P", "0x10000"]),
+        "virtio with 3 peers (-n 3 -P 0x8003)": _startup(["-l", "64K", "-n", "3", "-P", "0x8003"]),
+        "4 GiB of shared memory (-l 4G)": lambda s, side: _big_shm(s, side, "4G", 4 << 30),
+        "5 GiB of shared memory (-l 5G)": lambda s, side: _big_shm(s, side, "5G", 5 << 30),
     }
 
 

@@ -32,7 +32,7 @@ def test_diff_lines_marks_changed_and_missing_lines() -> None:
 
 def test_ours_against_ours_is_the_same(capsys: pytest.CaptureFixture[str]) -> None:
     ours = shlex.join([sys.executable, "-m", "ivhw.sw.server2"])
-    only = "virtio,peer beyond max_peers,client dies before its INIT"
+    only = "virtio,peer beyond max_peers,client dies before its INIT,no vectors (-V 0)"
     status = server2_compare.main(["--rfc-server", ours, "--only", only])
     out = capsys.readouterr().out
     assert status == 0, out
@@ -40,6 +40,8 @@ def test_ours_against_ours_is_the_same(capsys: pytest.CaptureFixture[str]) -> No
     assert "Z: INIT len=40 id=1 version=2/2 max_peers=2 vectors=3 protocol=0x8003" in out
     assert "A: PEER_GONE len=12 id=1 fds=0" in out
     assert out.count("kept serving") == 4, out
+    refused = "refused at start-up: ivshmem2-server: error: argument -V: vectors must be 1..64"
+    assert out.count(refused) == 2, out
     assert "0 of 1 scenario(s) differ" in out
 
 
