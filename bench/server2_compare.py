@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ivhw.sw.protocol import MSG2_EVENT_FD, MSG2_INIT, MSG2_PEER_GONE
-from ivhw.sw.server_probe import RawClient2, ServerProcess
+from ivhw.sw.server_probe import CountingSwarm, RawClient2, ServerProcess
 
 __all__ = [
     "Outcome",
@@ -92,8 +92,13 @@ class Servers:
     _count: int = 0
 
     @contextlib.contextmanager
-    def start(self, side: str, args: Sequence[str]) -> Iterator[ServerProcess]:
-        """A fresh server of ``side`` (``ours`` or ``rfc``) with ``args``, stopped afterwards."""
+    def start(
+        self, side: str, args: Sequence[str], ours_only: Sequence[str] = ()
+    ) -> Iterator[ServerProcess]:
+        """A fresh server of ``side`` (``ours`` or ``rfc``) with ``args``, stopped afterwards.
+
+        ``ours_only`` are options only our server has, passed to ours alone.
+        """
         self._count += 1
         sock = self.workdir / f"{side}{self._count}.sock"
         log = self.workdir / f"{side}{self._count}.log"
@@ -101,6 +106,8 @@ class Servers:
         if shm[0] == "-M":
             shm[1] = f"{shm[1]}-{side}{self._count}"  # POSIX names are global: one per run
         command = None if side == "ours" else self.rfc
+        if side == "ours":
+            args = [*args, *ours_only]
         server = ServerProcess(sock, [*shm, *args], log, module="ivhw.sw.server2", command=command)
         try:
             yield server
@@ -237,9 +244,12 @@ def _alive(server: ServerProcess, settle: float = 0.3) -> bool:
 
 
 def _status(server: ServerProcess) -> str:
-    if server.proc.poll() is None:
+    status = server.proc.poll()
+    if status is None:
         return "kept serving"
-    return f"exited ({server.proc.returncode})"
+    if status < 0:
+        return f"killed by {signal.Signals(-status).name}"
+    return f"exited ({status})"
 
 
 def _beyond_max_peers(servers: Servers, side: str) -> Outcome:
@@ -310,6 +320,26 @@ def _start_error(e: RuntimeError) -> str:
     return lines[-1] if lines else "(nothing logged)"
 
 
+def _many_peers(servers: Servers, side: str, peers: int = 600) -> Outcome:
+    """``peers`` x 1 vector: the server holds two fds per peer, past ``select``'s 1024."""
+    # the swarm, one process reading for 600 clients, is the slow side: measure the join,
+    # not our stall policy (an option the RFC's server does not have)
+    options = ["-l", "1M", "-n", "1024"]
+    with servers.start(side, options, ours_only=["--stall-timeout", "0"]) as server:
+        swarm = CountingSwarm(server.socket_path, peers, 1, revision=2)
+        try:
+            result = swarm.run(timeout=120.0, idle=5.0)
+            detail = f"{result.messages} of {swarm.expected()} messages"
+        except OSError as e:  # the server went away while clients were connecting
+            detail = f"connect failed after it went away ({e.strerror})"
+        finally:
+            swarm.close()
+        serving = _alive(server, 0)
+        if not serving and (logged := server.log().strip().splitlines()):
+            detail += f"; its last words: {logged[-1]}"
+        return Outcome(serving, f"{detail}; {_status(server)}")
+
+
 def _startup(options: Sequence[str]) -> Callable[[Servers, str], Outcome]:
     """Start with ``options``: refused (its last log line), or what a client's INIT says."""
 
@@ -349,6 +379,7 @@ def _weaknesses() -> dict[str, Callable[[Servers, str], Outcome]]:
         "peer beyond max_peers": _beyond_max_peers,
         "client dies before its INIT": _dies_before_init,
         "late joiner, 5 peers x 64 vectors": _late_reader,
+        "600 peers x 1 vector": _many_peers,
         "max_peers 2048 (a one-page State Table holds 1024)": _startup(["-l", "1M", "-n", "2048"]),
         "a layout that does not fit (-l 8K -o 4K)": _startup(["-l", "8K", "-o", "4K"]),
         "no vectors (-V 0)": _startup(["-l", "64K", "-V", "0"]),
