@@ -28,8 +28,8 @@ from ..sw import echo
 from ..sw.regmap import DOORBELL, FLAT_REGS
 from .memmap import IRQ_ALARM, IRQ_IVSHMEM, REGIONS
 
-__all__ = ["BUILTIN", "SOURCES", "Firmware", "FirmwareConfig", "FirmwareError", "build",
-           "header", "load_elf"]  # fmt: skip
+__all__ = ["BUILTIN", "SOURCES", "Firmware", "FirmwareConfig", "FirmwareError", "Symbol", "build",
+           "code_symbols", "header", "load_elf"]  # fmt: skip
 
 #: The firmware source folder (shipped with the package).
 SOURCES = Path(__file__).parent / "firmware"
@@ -186,12 +186,7 @@ def load_elf(path: Path, ram_size: int) -> bytes:
     Every loadable segment is placed at its physical address; ``FirmwareError`` if the
     file is not such an ELF or a segment lies outside ``0..ram_size``.
     """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as error:
-        raise FirmwareError(f"cannot read firmware {path}: {error.strerror}") from None
-    if data[:4] != b"\x7fELF" or data[4] != 1 or data[5] != 1:
-        raise FirmwareError(f"{path} is not a 32-bit little-endian ELF file")
+    data = _elf(path)
     machine = struct.unpack_from("<H", data, 18)[0]
     if machine != 243:  # EM_RISCV
         raise FirmwareError(f"{path} is not a RISC-V ELF (machine {machine})")
@@ -217,3 +212,57 @@ def load_elf(path: Path, ram_size: int) -> bytes:
     if not image:
         raise FirmwareError(f"{path} has no loadable contents")
     return bytes(image)
+
+
+@dataclass(frozen=True)
+class Symbol:
+    """A named place in the firmware's code: ``name`` at byte ``address``."""
+
+    address: int
+    name: str
+
+
+def _elf(path: Path) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise FirmwareError(f"cannot read firmware {path}: {error.strerror}") from None
+    if data[:4] != b"\x7fELF" or data[4] != 1 or data[5] != 1:
+        raise FirmwareError(f"{path} is not a 32-bit little-endian ELF file")
+    return data
+
+
+def code_symbols(path: Path) -> list[Symbol]:
+    """The functions and global code labels of an ELF file, by address (for profiles).
+
+    Symbols of executable sections only: functions (``STT_FUNC``) and labels an
+    assembler source made global without a type (``trap_entry``).
+    """
+    data = _elf(path)
+    try:
+        symbols = _symbols(data)
+    except (struct.error, IndexError, ValueError, UnicodeDecodeError):
+        raise FirmwareError(f"{path}: its section or symbol tables are damaged") from None
+    if not symbols:
+        raise FirmwareError(f"{path} has no code symbols")
+    return [Symbol(address, name) for address, name in sorted(symbols.items())]
+
+
+def _symbols(data: bytes) -> dict[int, str]:
+    shoff = struct.unpack_from("<I", data, 32)[0]
+    shentsize, shnum = struct.unpack_from("<HH", data, 46)
+    sections = [struct.unpack_from("<10I", data, shoff + i * shentsize) for i in range(shnum)]
+    symbols: dict[int, str] = {}
+    for _name, kind, _flags, _addr, offset, size, link, _info, _align, entsize in sections:
+        if kind != 2 or not entsize:  # SHT_SYMTAB
+            continue
+        strings = sections[link][4]
+        for at in range(offset, offset + size, entsize):
+            name_at, value, _size, info, _other, shndx = struct.unpack_from("<IIIBBH", data, at)
+            kind_of, bind = info & 0xF, info >> 4
+            if not 0 < shndx < shnum or not sections[shndx][2] & 0x4:  # SHF_EXECINSTR
+                continue
+            if kind_of == 2 or (kind_of == 0 and bind == 1):  # FUNC, or a global NOTYPE label
+                end = data.index(b"\0", strings + name_at)
+                symbols.setdefault(value, data[strings + name_at : end].decode())
+    return symbols

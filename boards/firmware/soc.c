@@ -5,10 +5,15 @@
 volatile uint32_t alarm_fired;
 volatile uint32_t irq_count;
 
+void events_enable(uint32_t mask)
+{
+    MMIO32(SYS_BASE + SYS_PENDING) = mask; /* forget anything stale */
+    MMIO32(SYS_BASE + SYS_ENABLE) = mask;
+}
+
 void irq_enable(uint32_t mask)
 {
-    MMIO32(SYS_BASE + SYS_PENDING) = mask;  /* forget anything stale */
-    MMIO32(SYS_BASE + SYS_ENABLE) = mask;
+    events_enable(mask);
     __asm__ volatile("csrs mie, %0" ::"r"(1u << 11));    /* MEIE */
     __asm__ volatile("csrs mstatus, %0" ::"r"(1u << 3)); /* MIE */
 }
