@@ -26,13 +26,12 @@ import statistics
 import struct
 
 from ..sw import echo2 as protocol2
+from ..sw.echo import LENGTH_OFFSET as _LENGTH
 from ..sw.echo import MAX_PAYLOAD, MAX_PEERS, SLOT_SIZE, inbox, invert, outbox
+from ..sw.echo import PAYLOAD_OFFSET as _PAYLOAD
 from .guest_api import Guest, GuestFunction
 
 __all__ = ["BUILTINS", "REVISIONS", "echo", "echo2", "ping", "serve_pending", "serve_pending2"]
-
-_LENGTH = 4
-_PAYLOAD = 8
 
 
 async def serve_pending(g: Guest) -> int:
@@ -42,11 +41,9 @@ async def serve_pending(g: Guest) -> int:
         if requester >= MAX_PEERS or g.shm_size < inbox(requester) + SLOT_SIZE:
             continue
         box = outbox(requester)
-        target = await g.shm_read32(box)
-        if target != g.id:
-            continue
-        length = await g.shm_read32(box + _LENGTH)
-        if not length:
+        # target and length in one block (one crossing into the simulator on the native engine)
+        target, length = struct.unpack("<II", await g.shm_read(box, _PAYLOAD))
+        if target != g.id or not length:
             continue
         length = min(length, MAX_PAYLOAD)
         payload = await g.shm_read(box + _PAYLOAD, length)

@@ -807,6 +807,25 @@ int ivhw_request(void* handle, int kind, uint64_t addr, uint32_t be, uint32_t da
     return status | (e->flags ? FLAGGED : 0);
 }
 
+// Bus transactions in order, each exactly as one ivhw_read / ivhw_write call makes it,
+// so that a guest's block access crosses into C once. ops[3i..3i+2]: write?, address,
+// value | strb << 32; out[i]: the read data or the response code. Stops after the first
+// transaction that did not end BUS_OK with no flag waiting; returns the transactions
+// done before it times BURST_STATUS plus its status, or n times BURST_STATUS (all done).
+constexpr uint64_t BURST_STATUS = 32;
+
+uint64_t ivhw_burst(void* handle, const uint64_t* ops, uint64_t n, uint64_t* out) {
+    Engine* e = static_cast<Engine*>(handle);
+    for (uint64_t i = 0; i < n; i++) {
+        const uint64_t* op = ops + 3 * i;
+        int status = op[0] ? e->write(op[1], uint32_t(op[2]), uint32_t(op[2] >> 32), out + i)
+                           : e->read(op[1], out + i);
+        status |= e->flags ? FLAGGED : 0;
+        if (status != BUS_OK) return i * BURST_STATUS + status;
+    }
+    return n * BURST_STATUS;
+}
+
 // Wait for the device's interrupt: run cycles while it drains, sleep while it is idle.
 // Returns the interrupts counted (0: timed out, or returned early with a flag set) times
 // WAIT_FLAGS, plus the flags, taken: after a wake Python runs cold (every line it has not

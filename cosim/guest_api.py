@@ -33,7 +33,12 @@ class BusError(Exception):
 
 
 class RegisterBus(Protocol):
-    """What a guest needs from the device's bus: 32-bit word reads and writes."""
+    """What a guest needs from the device's bus: 32-bit word reads and writes.
+
+    A bus may also have ``read_words(addrs)`` and ``write_words([(addr, value, strb)])``:
+    the same transactions in the same order, in one call (the native engine's, so that a
+    block of shared memory crosses from Python into the simulator once).
+    """
 
     async def read(self, addr: int) -> int: ...
 
@@ -170,13 +175,16 @@ class Guest:
         """``size`` bytes of shared memory from ``offset`` (word accesses underneath)."""
         self._check(offset, size)
         start, end = offset & ~3, (offset + size + 3) & ~3
-        words = [await self.shm_read32(a) for a in range(start, end, 4)]
+        addrs = [self._shm_base + a for a in range(start, end, 4)]
+        burst = getattr(self._bus, "read_words", None)  # one crossing for all (native engine)
+        words = await burst(addrs) if burst else [await self._bus.read(a) for a in addrs]
         data = struct.pack(f"<{len(words)}I", *words)
         return data[offset - start : offset - start + size]
 
     async def shm_write(self, offset: int, data: bytes) -> None:
         """Write ``data`` at ``offset``; partial words use byte enables, never read-modify-write."""
         self._check(offset, len(data))
+        writes = []
         position = offset
         end = offset + len(data)
         while position < end:
@@ -185,9 +193,14 @@ class Guest:
             count = min(4 - lane, end - position)
             chunk = data[position - offset : position - offset + count]
             value = int.from_bytes(chunk, "little") << (8 * lane)
-            strb = ((1 << count) - 1) << lane
-            await self.shm_write32(word_base, value, strb)
+            writes.append((self._shm_base + word_base, value, ((1 << count) - 1) << lane))
             position += count
+        burst = getattr(self._bus, "write_words", None)  # one crossing for all (native engine)
+        if burst:
+            await burst(writes)
+        else:
+            for addr, value, strb in writes:
+                await self._bus.write(addr, value, strb)
 
     # -- revision 2: state and sections --------------------------------------------------------
 

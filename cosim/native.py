@@ -64,6 +64,9 @@ __all__ = ["COUNTERS", "Engine", "NativeBridge", "main", "run_coroutine"]
 F_STOP, F_MEMBER, F_LIMIT, F_TIMEOUT = 1, 2, 4, 8
 _WAIT_FLAGS = 16  # ivhw_wait_irq: interrupts x 16 + flags
 _BUS_OK, _BUS_ERROR, _BUS_ABORTED, _FLAGGED = 0, 1, 2, 16
+_BURST_STATUS = 32  # ivhw_burst: transactions done x 32 + the status of the one that stopped it
+#: Transactions per ivhw_burst call (longer blocks take several calls).
+BURST = 64
 #: The engine's counters, in its order (``ivhw_stats.counter``).
 COUNTERS = (
     "cycles", "events", "event_stall_cycles", "coalesced", "doorbells", "doorbells_lost",
@@ -117,6 +120,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "ivhw_write": (i, [p, u64, u32, u32, pu64]),
         "ivhw_read": (i, [p, u64, pu64]),
         "ivhw_request": (i, [p, i, u64, u32, u32, pu64]),
+        "ivhw_burst": (u64, [p, pu64, u64, pu64]),
         "ivhw_wait_irq": (u64, [p, d]),
         "ivhw_run": (None, [p, d]),
         "ivhw_bench_accesses": (u64, [p, pu64, u64, u64]),
@@ -158,6 +162,8 @@ class Engine:
         self._out = ctypes.c_uint64()
         self._out_ref = ctypes.byref(self._out)
         self._wait = lib.ivhw_wait_irq
+        self._burst_ops = (ctypes.c_uint64 * (3 * BURST))()
+        self._burst_out = (ctypes.c_uint64 * BURST)()
         self._keep: list[Any] = []
 
     def close(self) -> None:
@@ -238,6 +244,22 @@ class Engine:
         """A bus read: (status, data or response code)."""
         status = self._lib.ivhw_read(self._handle, addr, self._out_ref)
         return status, self._out.value
+
+    def burst(self, ops: list[tuple[int, int, int]]) -> tuple[int, int, list[int]]:
+        """Up to :data:`BURST` bus transactions (write?, addr, value | strb << 32) in one call.
+
+        Returns ``(done, status, values)``: ``done`` transactions ended ``BUS_OK`` with no
+        flag waiting; if ``done < len(ops)``, transaction ``done`` ended with ``status``
+        (as :meth:`read` / :meth:`write` return it) and ran no further. ``values``: the
+        read data or response code of each transaction that ran.
+        """
+        count = len(ops)
+        if count > BURST:
+            raise ValueError(f"at most {BURST} transactions in one burst, not {count}")
+        self._burst_ops[: 3 * count] = [x for op in ops for x in op]
+        result = self._lib.ivhw_burst(self._handle, self._burst_ops, count, self._burst_out)
+        done, status = divmod(result, _BURST_STATUS)
+        return done, status, self._burst_out[: min(done + 1, count)]
 
     def request(self, kind: int, addr: int, be: int, data: int) -> tuple[int, int]:
         """One PCI request on the transaction port: (status, completion data)."""
@@ -351,6 +373,29 @@ class _Bus:
         status, code = self._engine.write(addr, value, strb)
         if status != _BUS_OK:
             self._done(status, code, _WRITE, addr, value)
+
+    async def read_words(self, addrs: list[int]) -> list[int]:
+        """Reads at ``addrs`` in order, as many :meth:`read` calls would (one engine call)."""
+        return [v & 0xFFFF_FFFF for v in self._burst([(0, a, 0) for a in addrs])]
+
+    async def write_words(self, writes: list[tuple[int, int, int]]) -> None:
+        """Writes ``(addr, value, strb)`` in order, as many :meth:`write` calls would."""
+        self._burst([(1, a, (v & 0xFFFF_FFFF) | strb << 32) for a, v, strb in writes])
+
+    def _burst(self, ops: list[tuple[int, int, int]]) -> list[int]:
+        values: list[int] = []
+        engine = self._engine
+        while ops:
+            chunk = ops[:BURST]
+            done, status, got = engine.burst(chunk)
+            values += got[:done]
+            if done < len(chunk):  # flags to act on, an error or a stop: as one call would
+                write, addr, value = chunk[done]
+                kind = _WRITE if write else _READ
+                values.append(self._done(status, got[done], kind, addr, value & 0xFFFF_FFFF))
+                done += 1
+            ops = ops[done:]
+        return values
 
     async def request(self, kind: int, addr: int, be: int = 0xF, data: int = 0) -> int:
         status, value = self._engine.request(kind, addr, be, data)

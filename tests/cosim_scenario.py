@@ -33,6 +33,9 @@ async def scenario(g: Guest) -> None:
     await g.shm_write(0x1001, b"native or cocotb")  # unaligned: byte enables
     await g.shm_write32(0x1020, 0xA5A5_5A5A, strb=0b0101)
     log.append(["shm", (await g.shm_read(0x1000, 0x28)).hex()])
+    # a block of more words than one native engine call takes (ivhw.cosim.native.BURST)
+    await g.shm_write(0x3001, bytes(range(256)) + bytes(range(44)))
+    log.append(["block", (await g.shm_read(0x3000, 304)).hex()])
     log.append(["peers", sorted(g.peers().items())])
     await g.ring(h1, 1)  # ready: the host writes a token and rings vector 0 (x3) and 1
     seen = 0

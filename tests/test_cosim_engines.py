@@ -2,7 +2,8 @@
 
 The scenario (``cosim_scenario.scenario`` in the simulated CPU, the host peers
 here): register reads, a write to a read-only register, a misaligned shared-memory
-read, shared-memory traffic with byte enables through the device, a host
+read, shared-memory traffic with byte enables through the device (a block of 300
+bytes too: more than one call into the native engine), a host
 token read through the device, events coalesced in the eventfd counter (one
 write of 3 on vector 0, one of 1 on vector 1), doorbells both ways, a peer
 leaving (its doorbell dropped by the device), and on the PCI endpoint
@@ -85,6 +86,8 @@ def _run(engine: str, device: str, tmp: Path) -> dict[str, Any]:
             process.stop()
         stats = process.status()["stats"]
         shm = bytes(memory[0x1000:0x1028]).hex()
+        block = bytes(memory[0x3000:0x3130])
+    assert block == bytes(1) + bytes(range(256)) + bytes(range(44)) + bytes(3)
     return {
         "guest": out.read_text(),
         "received": [(who, repr(event)) for who, event in received],
