@@ -9,7 +9,8 @@ mapping, the own eventfds, the other peers' eventfds and the own ID. From then o
 every clock cycle and the whole transport run in C++; Python comes back:
 
 - once per guest transaction: each register or shared-memory access of a Python
-  guest is one call that runs the cycles of that bus transaction, and
+  guest is one call that runs the cycles of that bus transaction (a block of
+  shared memory, ``shm_read``/``shm_write``, one call for all its words), and
   ``wait_irq`` is one call that runs the device while it drains and sleeps in
   ``epoll`` while it is idle;
 - on a server message (a peer joins or leaves): the engine returns, Python lets
