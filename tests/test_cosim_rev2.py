@@ -204,6 +204,8 @@ async def scenario(g):
     await g.ring(b, 1)  # gone: the device drops it
     await g.set_state(9)
     g.log("state 9")
+    # stay until the host has read it: leaving zeroes the entry (PEER_GONE)
+    await g.wait_state(a, lambda s: s == 11, 30)
 '''
 
 
@@ -236,6 +238,7 @@ def test_state_peer_gone_and_write_protection(
         event = a.wait(Doorbell, timeout=TIMEOUT)
         assert event == Doorbell(0, 1), event
         assert a.state_of(dev) == 9
+        a.state = 11  # read: the device may leave
         assert device.wait(TIMEOUT) == 0, device.output()
     finally:
         a.close()
