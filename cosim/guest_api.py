@@ -18,18 +18,26 @@ from __future__ import annotations
 import struct
 import sys
 import time
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Iterable
+from typing import NamedTuple, Protocol
 
 from ..sw.memmap import MemoryMap
 from ..sw.regmap import DOORBELL, RegisterMap
 from ..sw.sections import Layout
 
-__all__ = ["BusError", "Guest", "GuestFunction", "RegisterBus", "SharedWindow"]
+__all__ = ["BusError", "BusWrite", "Guest", "GuestFunction", "RegisterBus", "SharedWindow"]
 
 
 class BusError(Exception):
     """A bus access ended with an error response (SLVERR or DECERR)."""
+
+
+class BusWrite(NamedTuple):
+    """One bus write a guest has built and not yet made (:meth:`Guest.write_all`)."""
+
+    addr: int
+    value: int
+    strb: int
 
 
 class RegisterBus(Protocol):
@@ -183,6 +191,25 @@ class Guest:
 
     async def shm_write(self, offset: int, data: bytes) -> None:
         """Write ``data`` at ``offset``; partial words use byte enables, never read-modify-write."""
+        await self.write_all(self.shm_data(offset, data))
+
+    # -- a sequence of writes in one go ----------------------------------------------------
+
+    def shm_word(self, offset: int, value: int, strb: int = 0xF) -> BusWrite:
+        """The write :meth:`shm_write32` makes, not yet made (for :meth:`write_all`)."""
+        self._check(offset, 4)
+        return BusWrite(self._shm_base + offset, value & 0xFFFF_FFFF, strb)
+
+    def register_write(self, name: str, value: int) -> BusWrite:
+        """The write :meth:`write` makes to register ``name``, not yet made."""
+        return BusWrite(self._register(name), value & 0xFFFF_FFFF, 0xF)
+
+    def doorbell(self, peer: int, vector: int) -> BusWrite:
+        """The write :meth:`ring` makes, not yet made."""
+        return self.register_write(self._doorbell, DOORBELL.pack(peer, vector))
+
+    def shm_data(self, offset: int, data: bytes) -> list[BusWrite]:
+        """The writes :meth:`shm_write` makes, in its order, not yet made."""
         self._check(offset, len(data))
         writes = []
         position = offset
@@ -193,8 +220,20 @@ class Guest:
             count = min(4 - lane, end - position)
             chunk = data[position - offset : position - offset + count]
             value = int.from_bytes(chunk, "little") << (8 * lane)
-            writes.append((self._shm_base + word_base, value, ((1 << count) - 1) << lane))
+            writes.append(BusWrite(self._shm_base + word_base, value, ((1 << count) - 1) << lane))
             position += count
+        return writes
+
+    async def write_all(self, writes: Iterable[BusWrite]) -> None:
+        """Make ``writes`` in order, each its own bus transaction, as that many calls would.
+
+        A reply published in one go, say: ``await g.write_all([g.shm_word(reply, g.id),
+        *g.shm_data(reply + 8, payload), g.shm_word(reply + 4, len(payload)),
+        g.doorbell(peer, 0)])``. On the native engine the whole sequence is one
+        crossing into the simulator. A write answered with an error raises, as
+        :meth:`write` does, and the writes after it are not made.
+        """
+        writes = list(writes)
         burst = getattr(self._bus, "write_words", None)  # one crossing for all (native engine)
         if burst:
             await burst(writes)

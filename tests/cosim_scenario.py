@@ -36,6 +36,14 @@ async def scenario(g: Guest) -> None:
     # a block of more words than one native engine call takes (ivhw.cosim.native.BURST)
     await g.shm_write(0x3001, bytes(range(256)) + bytes(range(44)))
     log.append(["block", (await g.shm_read(0x3000, 304)).hex()])
+    # a sequence of writes with a register write of byte enables no CPU makes in it: where
+    # the device answers that with an error (flat: SLVERR), the sequence ends there and its
+    # last write is not made
+    odd = g.register_write("ivposition", 7)._replace(strb=0b0101)
+    sequence = [g.shm_word(0x3200, 0x1122_3344), *g.shm_data(0x3205, b"abc"), odd,
+                g.shm_word(0x3208, 0x5566_7788)]  # fmt: skip
+    log.append(["sequence", await _outcome(g.write_all(sequence))])
+    log.append(["after the sequence", (await g.shm_read(0x3200, 12)).hex()])
     log.append(["peers", sorted(g.peers().items())])
     await g.ring(h1, 1)  # ready: the host writes a token and rings vector 0 (x3) and 1
     seen = 0

@@ -17,6 +17,7 @@ be the same. (Every other cosim test also runs on both engines.)
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -88,6 +89,10 @@ def _run(engine: str, device: str, tmp: Path) -> dict[str, Any]:
         shm = bytes(memory[0x1000:0x1028]).hex()
         block = bytes(memory[0x3000:0x3130])
     assert block == bytes(1) + bytes(range(256)) + bytes(range(44)) + bytes(3)
+    log = dict((step[0], step[1:]) for step in json.loads(out.read_text()))
+    failed = isinstance(log["sequence"][0], str)  # the error's message, else None
+    assert failed == (device == "flat"), log["sequence"]
+    assert log["after the sequence"][0][16:] == ("00000000" if failed else "88776655")
     return {
         "guest": out.read_text(),
         "received": [(who, repr(event)) for who, event in received],
