@@ -10,6 +10,12 @@ FILE as JSON.
 --guest-arg out=FILE``: rings PEER once (ready), then records the wall time
 (``perf_counter``, the host's clock too) at which each of N interrupts reached
 the guest, ringing PEER back after each.
+
+``echo_legs`` (``bench.cosim_rtt``): ``--guest-arg out=FILE``: the built-in echo
+service, with the wall time at which each of its calls into the device returned
+(``wait_irq``, then ``serve_pending``'s stamps: the outbox header read, the
+payload read, the reply written and rung), per request answered; written to FILE
+as JSON when it is stopped.
 """
 
 from __future__ import annotations
@@ -18,9 +24,10 @@ import json
 import time
 from pathlib import Path
 
+from ivhw.cosim.builtin_guests import serve_pending
 from ivhw.cosim.guest_api import Guest
 
-__all__ = ["accesses", "wake"]
+__all__ = ["accesses", "echo_legs", "wake"]
 
 _WORD = 0x40
 
@@ -58,3 +65,23 @@ async def wake(g: Guest) -> None:
         seen.append(g.now())
         await g.ring(int(g.args["host"]), 0)  # seen: the host rings again after a pause
     Path(g.args["out"]).write_text(json.dumps(seen))
+
+
+async def echo_legs(g: Guest) -> None:
+    """The echo service, its calls timed (see the module docstring)."""
+    records: list[list[tuple[str, float]]] = []
+    stamps: list[tuple[str, float]] = []
+
+    def stamp(name: str) -> None:
+        stamps.append((name, time.perf_counter()))
+
+    try:
+        await serve_pending(g)  # requests made before we listened
+        while True:
+            stamps.clear()
+            await g.wait_irq()
+            stamp("wait_irq")
+            if await serve_pending(g, stamp):
+                records.append(list(stamps))
+    finally:
+        Path(g.args["out"]).write_text(json.dumps(records))

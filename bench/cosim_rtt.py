@@ -292,6 +292,10 @@ def _run_sim(target: Target, requests: int, idle: float, gap: float, tmp: Path) 
             ([], {}) if device_kind in ("soc", "pci2")
             else _wake(target, sock, tmp, max(requests // 2, 20), gap)
         )  # fmt: skip
+        legs = (
+            {} if device_kind in ("soc", "pci2") or engine != "native"
+            else _echo_legs(target, sock, tmp, max(requests // 2, 20), gap)
+        )  # fmt: skip
     finally:
         if device is not None:
             device.stop()
@@ -301,6 +305,7 @@ def _run_sim(target: Target, requests: int, idle: float, gap: float, tmp: Path) 
         "wake_us": _median_us(wake) if wake else None,
         "wake_p90_us": _p90_us(wake) if wake else None,
         "wake_path": wake_path,
+        "echo_legs": legs,
         "idle_cpu": idle_cpu,
         "blocks": stats["blocks"],
     }
@@ -350,6 +355,68 @@ def _wake(
         raise RuntimeError(f"the wake guest saw {len(seen)} of {count} interrupts")
     wakes = device.status()["stats"].get("wakes", [])
     return [b - a for a, b in zip(rings, seen, strict=True)], _wake_path(rings, seen, wakes)
+
+
+#: the legs of one echo as the guest's stamps split it: (name, the stamp that ends it); the
+#: last leg ends when the host saw the reply, which may come before the reply call returned
+_ECHO_LEGS = (
+    ("ring -> wait_irq returns", "wait_irq"),
+    ("-> outbox header read", "header"),
+    ("-> payload read", "payload"),
+)
+_ECHO_LAST = "-> host sees the reply (reply written, doorbell, host's wake)"
+_ECHO_CALL = "the reply call, to its return"
+
+
+def _echo_legs(
+    target: Target, sock: Path, tmp: Path, count: int, gap: float
+) -> dict[str, dict[str, float]]:
+    """Echo round trips split at the Python echo guest's calls, back-to-back and spaced."""
+    from ivhw.cosim.process import CosimProcess
+    from ivhw.sw.peer import Peer
+
+    sim, engine, device_kind = target
+    out = tmp / f"{'-'.join(target)}-echo-stamps.json"  # not NAME.json: the status file
+    os.environ["PYTHONPATH"] = str(_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    windows: dict[str, list[tuple[float, float]]] = {}
+    with Peer(str(sock), vectors=_VECTORS) as host:
+        device = CosimProcess(
+            sock, tmp, name=f"{'-'.join(target)}-legs", sim=sim, engine=engine,
+            device=device_kind, vectors=_VECTORS, shm_size=_SHM_SIZE,
+            guest="bench._cosim_guest:echo_legs", guest_args={"out": out},
+        ).start()  # fmt: skip
+        try:
+            target_id = _wait_joined(host, device, "echo legs")
+            for mode, pause in (("back-to-back", 0.0), ("spaced", gap)):
+                windows[mode] = []
+                for n in range(count):
+                    if pause:
+                        time.sleep(pause)
+                    windows[mode].append(_request(host, target_id, b"cosim round trip %04d" % n))
+        finally:
+            device.stop()  # the guest writes its stamps as it stops
+    records = json.loads(out.read_text())
+    result: dict[str, dict[str, float]] = {}
+    calls = [call for _, call in _ECHO_LEGS] + ["reply"]
+    for mode, rounds in windows.items():
+        legs: dict[str, list[float]] = {name: [] for name in (*dict(_ECHO_LEGS), _ECHO_LAST)}
+        legs[_ECHO_CALL] = []
+        for ring, seen in rounds:
+            # the serve this request woke (one served before the loop, at start, has none)
+            inside = [r for r in records if r and ring <= r[0][1] <= seen]
+            if len(inside) != 1 or [name for name, _ in inside[0]] != calls:
+                continue
+            stamps = [stamp for _, stamp in inside[0]]
+            at = ring
+            for (name, _), stamp in zip(_ECHO_LEGS, stamps, strict=False):
+                legs[name].append(stamp - at)
+                at = stamp
+            legs[_ECHO_LAST].append(seen - at)
+            legs[_ECHO_CALL].append(stamps[-1] - at)
+        if legs[_ECHO_LAST]:
+            result[mode] = {name: _median_us(values) for name, values in legs.items()}
+            result[mode]["samples"] = len(legs[_ECHO_LAST])
+    return result
 
 
 #: the legs of one wake, host ring -> guest: (name, from, to) as indices into
@@ -571,6 +638,21 @@ def main(argv: list[str] | None = None) -> int:
         for target, path in paths.items():
             legs = " | ".join(f"{path[name]:.1f}" for name in names)
             print(f"| {' '.join(target)} | {legs} | {path['cycles']:.0f} |")
+    splits = {target: r["echo_legs"] for target, r in results.items() if r.get("echo_legs")}
+    if splits:
+        print()
+        print("where an echo goes (native engine, Python echo guest, medians in us; a separate run "
+              "whose guest stamps its calls)")  # fmt: skip
+        print()
+        names = [*(name for name, _ in _ECHO_LEGS), _ECHO_LAST]
+        print(f"| sim engine device | requests | {' | '.join(names)} | sum | {_ECHO_CALL} |")
+        print("|---|---|" + "---:|" * (len(names) + 2))
+        for target, modes in splits.items():
+            for mode, path in modes.items():
+                legs = " | ".join(f"{path[name]:.1f}" for name in names)
+                total = sum(path[name] for name in names)
+                print(f"| {' '.join(target)} | {mode} | {legs} | {total:.0f} | "
+                      f"{path[_ECHO_CALL]:.1f} |")  # fmt: skip
     return 1 if failed else 0
 
 
