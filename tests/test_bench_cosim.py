@@ -48,9 +48,10 @@ def test_round_trip_rows_and_the_echo_split(capsys: pytest.CaptureFixture[str]) 
     cosim_rtt.main([*args, "--devices", "flat"])
     out = capsys.readouterr().out
     for mode in ("back-to-back", "spaced"):
-        row = re.search(rf"^\| verilator native flat \| {mode} \| (\d+) \(\d+\) \|.*\| (\d+) = 104 "
-                        r"cycles x [\d.]+ us \|", out, re.M)  # fmt: skip
-        assert row and 0 < int(row[2]) <= int(row[1]), out
+        # cycles per echo: a median over the requests, 104 for most (100 once, in a CI run)
+        row = re.search(rf"^\| verilator native flat \| {mode} \| (\d+) \(\d+\) \|.*\| "
+                        r"(\d+) = (\d+) cycles x [\d.]+ us \|", out, re.M)  # fmt: skip
+        assert row and 0 < int(row[2]) <= int(row[1]) and 80 <= int(row[3]) <= 120, out
         split = re.search(rf"^\| verilator native flat \| {mode} \| ([-\d.| ]+) \|$", out, re.M)
         assert split, out
         legs = [float(x) for x in split[1].split("|")]
