@@ -47,6 +47,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import guests_importable
+
 __all__ = ["main"]
 
 OVERHEAD_TARGET = 2.0
@@ -54,7 +56,6 @@ IDLE_TARGET = 0.01
 WAKE_TARGET_US = 20.0
 SPEEDUP_TARGET = 10.0
 SOC_RTT_TARGET_US = 100.0
-_ROOT = Path(__file__).resolve().parent.parent
 _VECTORS = 1
 _SHM_SIZE = 1 << 20
 _CLK_TICK = os.sysconf("SC_CLK_TCK")
@@ -320,7 +321,7 @@ def _wake(
 
     sim, engine, device_kind = target
     out = tmp / f"{'-'.join(target)}-wake-times.json"
-    os.environ["PYTHONPATH"] = str(_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    guests_importable()
     with Peer(str(sock), vectors=_VECTORS) as host:
         device = CosimProcess(
             sock, tmp, name=f"{'-'.join(target)}-wake", sim=sim, engine=engine,
@@ -377,7 +378,7 @@ def _echo_legs(
 
     sim, engine, device_kind = target
     out = tmp / f"{'-'.join(target)}-echo-stamps.json"  # not NAME.json: the status file
-    os.environ["PYTHONPATH"] = str(_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    guests_importable()
     windows: dict[str, list[tuple[float, float]]] = {}
     with Peer(str(sock), vectors=_VECTORS) as host:
         device = CosimProcess(

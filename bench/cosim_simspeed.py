@@ -43,9 +43,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import guests_importable
+
 __all__ = ["main"]
 
-ROOT = Path(__file__).resolve().parent.parent
 SHM_SIZE = 1 << 20
 NATIVE_SHARE_TARGET = 0.25
 NATIVE_RATE_TARGET = 2_000_000
@@ -108,7 +109,7 @@ def _guest_run(engine: str, sock: Path, tmp: Path, accesses: int) -> dict[str, f
     from ivhw.sw.peer import Peer
 
     out = tmp / f"{engine}-rate.json"
-    os.environ["PYTHONPATH"] = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    guests_importable()
     with Peer(str(sock), vectors=1) as host:
         device = CosimProcess(
             sock, tmp, name=engine, sim="verilator", engine=engine, device="flat",
