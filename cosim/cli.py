@@ -44,7 +44,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..sw.regmap import MAX_VECTORS
+from ..sw.regmap import MAX_VECTORS, REV2_LAYOUTS
 from ..sw.size import size_type
 from . import build as builds
 
@@ -122,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
         "2 (an ivshmem2-server)",
     )  # fmt: skip
     parser.add_argument(
-        "--layout", choices=("final", "rfc"), default=None,
+        "--layout", choices=REV2_LAYOUTS, default=None,
         help="--revision 2: register layout (final: Jailhouse/Zephyr/Linux, the default; "
         "rfc: the 2019 QEMU RFC)",
     )  # fmt: skip

@@ -40,6 +40,7 @@ from typing import Any, TextIO
 
 from ..sw import echo, echo2
 from ..sw.peer import Peer, PeerJoined, PeerLeft
+from ..sw.regmap import REV2_LAYOUTS
 from .process import CosimProcess
 
 __all__ = ["QemuReply", "main", "qemu_echo_request"]
@@ -470,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         "running echo2, two host peers)",
     )  # fmt: skip
     parser.add_argument(
-        "--layout", choices=("final", "rfc"),
+        "--layout", choices=REV2_LAYOUTS,
         help="--revision 2: the endpoint's register layout (default final)",
     )  # fmt: skip
     parser.add_argument("--interrupts", choices=("msix", "intx"),

@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..sw.regmap import REV2_LAYOUTS
 from ..sw.size import size_type
 
 __all__ = ["DEVICES", "Device", "main", "verilog_name"]
@@ -129,7 +130,7 @@ def _pci_options(parser: argparse.ArgumentParser) -> None:
         help="1: QEMU's ivshmem (default); 2: ivshmem revision 2 (Jailhouse, the 2019 RFC)",
     )  # fmt: skip
     rev2 = parser.add_argument_group("revision 2")
-    rev2.add_argument("--layout", choices=("final", "rfc"), default=None,
+    rev2.add_argument("--layout", choices=REV2_LAYOUTS, default=None,
                       help="final (Jailhouse, drivers; default) or rfc")  # fmt: skip
     rev2.add_argument("--max-peers", type=_integer, default=None, help="Maximum Peers (default 2)")
     rev2.add_argument("--output-section-size", type=_SECTION, default=None,

@@ -69,6 +69,7 @@ __all__ = [
     "PCI_REV1_REGS",
     "PCI_REV2_REGS",
     "RC",
+    "REV2_LAYOUTS",
     "RSVD",
     "RW",
     "RW1C",
@@ -513,8 +514,10 @@ def _rev2_regs(layout: str) -> RegisterMap:
     return RegisterMap(f"ivshmem2-{layout}-bar0", 0x1000, registers, min_access=4)
 
 
-#: BAR0 of ivshmem revision 2 by layout: ``"final"`` and ``"rfc"``.
-PCI_REV2_REGS: dict[str, RegisterMap] = {layout: _rev2_regs(layout) for layout in ("final", "rfc")}
+#: The register layouts of revision 2: the final one (Jailhouse, Zephyr, Linux) and the RFC's.
+REV2_LAYOUTS = ("final", "rfc")
+#: BAR0 of ivshmem revision 2 by layout (:data:`REV2_LAYOUTS`).
+PCI_REV2_REGS: dict[str, RegisterMap] = {layout: _rev2_regs(layout) for layout in REV2_LAYOUTS}
 
 #: Register window of ivshmem-flat (QEMU ``hw/misc/ivshmem-flat.c``): 16 bytes.
 FLAT_REGS = RegisterMap("ivshmem-flat", 16, [

@@ -15,7 +15,7 @@ from typing import Literal
 
 from ..memmap import BarMap, pci2_memory_map
 from ..pcicfg import BARS, CMD, REV2_IDS, VENDOR_CAP, BarLayout, rev2_config
-from ..regmap import MSIX_BAR, PCI_REV2_REGS
+from ..regmap import MSIX_BAR, PCI_REV2_REGS, REV2_LAYOUTS
 from ..sections import STATE_ENTRY_SIZE, STATE_TABLE_SIZE, Layout
 from .common import DoorbellCallback
 from .pci import DEFAULT_SHM_SIZE, IvshmemPciModel, MsiCallback
@@ -24,7 +24,7 @@ from .registers import RegisterFile
 __all__ = ["LAYOUTS", "IvshmemPci2"]
 
 #: The two register layouts.
-LAYOUTS = ("final", "rfc")
+LAYOUTS = REV2_LAYOUTS
 _MSIX_CONTROL = 2  # Message Control, from the MSI-X capability's start
 
 
